@@ -1,0 +1,53 @@
+"""svcenv: real services for integration tests.
+
+Describe services, start them together, use them, and have them removed::
+
+    from svcenv import Environment, Postgres, Redis
+
+    postgres, redis = Postgres(), Redis()
+    with Environment(postgres, redis) as env:
+        with env[postgres].connect() as conn:
+            conn.execute("SELECT 1")
+        env[redis].client().set("k", "v")
+
+Client libraries (psycopg, redis, elasticsearch, docker, testcontainers) are
+imported only when first used.
+"""
+
+from ._version import __version__
+from .descriptors import Elasticsearch, Postgres, Redis, Service
+from .environment import Environment, ServiceTiming, TeardownWarning
+from .errors import (
+    BackendUnavailable,
+    ConfigurationError,
+    ProbeFailed,
+    ServiceExited,
+    ServiceFailure,
+    ServiceNotFound,
+    ServiceStartError,
+    SvcenvError,
+)
+from .handles import ElasticsearchHandle, PostgresHandle, RedisHandle, ServiceHandle
+
+__all__ = [
+    "BackendUnavailable",
+    "ConfigurationError",
+    "Elasticsearch",
+    "ElasticsearchHandle",
+    "Environment",
+    "Postgres",
+    "PostgresHandle",
+    "ProbeFailed",
+    "Redis",
+    "RedisHandle",
+    "Service",
+    "ServiceExited",
+    "ServiceFailure",
+    "ServiceHandle",
+    "ServiceNotFound",
+    "ServiceStartError",
+    "ServiceTiming",
+    "SvcenvError",
+    "TeardownWarning",
+    "__version__",
+]

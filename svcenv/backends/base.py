@@ -1,0 +1,66 @@
+"""The interface every backend implements: where a service runs."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..descriptors import Resolved
+
+LABEL_ENVIRONMENT = "svcenv.environment"
+LABEL_OWNER_PID = "svcenv.owner-pid"
+LABEL_VERSION = "svcenv.version"
+LABEL_SERVICE = "svcenv.service"
+
+
+class Instance(ABC):
+    """One service as a backend runs it. Created by :meth:`Backend.create`."""
+
+    backend: str
+    id: str
+    host: str
+    ports: Mapping[int, int]
+    """Container (or service) port -> port to connect to on :attr:`host`."""
+
+    @abstractmethod
+    def start(self) -> None:
+        """Start the created service; fills :attr:`ports`."""
+
+    @abstractmethod
+    def stop(self) -> None:
+        """Stop and remove the service and everything it owns; safe to call twice."""
+
+    @abstractmethod
+    def exit_status(self) -> int | None:
+        """``None`` while it runs, else its exit status."""
+
+    @abstractmethod
+    def logs(self, tail: int | None = None) -> str:
+        """Its output, or the last ``tail`` lines."""
+
+    def exec(self, argv: list[str]) -> tuple[int, str]:
+        """Run a command inside the service (not every backend can)."""
+        raise NotImplementedError(f"the {self.backend} backend cannot run commands inside a service")
+
+
+class Backend(ABC):
+    """Runs services. One backend object serves one environment."""
+
+    name: str
+
+    @abstractmethod
+    def check(self) -> None:
+        """Raise :class:`~svcenv.errors.BackendUnavailable` if this backend cannot run here."""
+
+    @abstractmethod
+    def create(self, resolved: Resolved, labels: Mapping[str, str]) -> Instance:
+        """Create (not start) the service; the instance is removable from here on."""
+
+    @abstractmethod
+    def cleanup(self, labels: Mapping[str, str]) -> int:
+        """Remove anything this backend made that carries ``labels``; return how many."""
+
+    def close(self) -> None:
+        """Release the backend's own resources (clients, sockets)."""

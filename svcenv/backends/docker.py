@@ -1,0 +1,227 @@
+"""The Docker backend, built on testcontainers' ``DockerContainer`` and its client.
+
+What svcenv changes from testcontainers' defaults, and why:
+
+* Ports publish on 127.0.0.1 (testcontainers publishes on every interface). For
+  a remote engine (``DOCKER_HOST=tcp://…``/``ssh://…``) loopback would be
+  unreachable, so they publish on the engine's interfaces and svcenv connects to
+  the engine's host. ``SVCENV_DOCKER_BIND`` overrides the bind address.
+* svcenv connects to 127.0.0.1 for a local engine even when it runs inside a
+  container (testcontainers would pick the bridge gateway), to the engine's host
+  for a remote one, or to ``TESTCONTAINERS_HOST_OVERRIDE`` if set.
+* No Ryuk: containers carry ``svcenv.*`` labels and the environment removes them
+  by label on every exit path, so nothing depends on pulling Ryuk's image.
+* Containers are removed with their anonymous volumes (the postgres image
+  declares a ``VOLUME``).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import urllib.parse
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from ..errors import BackendUnavailable
+from .base import LABEL_SERVICE, Backend, Instance
+
+if TYPE_CHECKING:
+    from docker.models.containers import Container
+    from testcontainers.core.docker_client import DockerClient
+
+    from ..descriptors import Resolved
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def engine_host(client: DockerClient) -> str:
+    """The address at which this process reaches ports the engine publishes."""
+    from testcontainers.core.config import testcontainers_config
+    from testcontainers.core.docker_client import get_docker_host_hostname
+
+    override = os.environ.get("SVCENV_DOCKER_HOST_IP") or testcontainers_config.tc_host_override
+    if override:
+        return override
+    ssh_host = get_docker_host_hostname()
+    if ssh_host:
+        return ssh_host
+    url = urllib.parse.urlparse(client.client.api.base_url)
+    if url.scheme in ("http", "https", "tcp") and url.hostname and not _is_loopback(url.hostname):
+        if url.hostname not in ("localnpipe",):
+            return url.hostname
+    return "127.0.0.1"
+
+
+class DockerInstance(Instance):
+    """A container created through testcontainers."""
+
+    backend = "docker"
+
+    def __init__(self, container: Any, host: str, ports: tuple[int, ...]) -> None:
+        self._tc = container  # a testcontainers DockerContainer
+        self._container: Container = container.get_wrapped_container()
+        self.id = str(self._container.id)
+        self.host = host
+        self._wanted = ports
+        self.ports: dict[int, int] = {}
+        self._removed = False
+
+    def start(self) -> None:
+        self._container.start()
+        self._container.reload()
+        published = self._container.attrs["NetworkSettings"]["Ports"] or {}
+        for port in self._wanted:
+            bindings = published.get(f"{port}/tcp") or []
+            if bindings:
+                self.ports[port] = int(bindings[0]["HostPort"])
+
+    def stop(self) -> None:
+        if self._removed:
+            return
+        import docker.errors
+
+        try:
+            self._container.remove(force=True, v=True)
+        except docker.errors.NotFound:
+            pass
+        except docker.errors.APIError as exc:
+            # "removal already in progress" means another path is removing it.
+            if exc.status_code != 409:
+                raise
+        self._removed = True
+
+    def exit_status(self) -> int | None:
+        import docker.errors
+
+        try:
+            self._container.reload()
+        except docker.errors.NotFound:
+            return -1
+        state = self._container.attrs.get("State") or {}
+        if state.get("Status") in ("exited", "dead"):
+            return int(state.get("ExitCode", -1))
+        return None
+
+    def logs(self, tail: int | None = None) -> str:
+        import docker.errors
+
+        try:
+            raw = self._container.logs(tail=tail if tail is not None else "all")
+        except docker.errors.APIError as exc:
+            return f"(log unavailable: {exc})"
+        return bytes(raw).decode("utf-8", errors="replace")
+
+    def exec(self, argv: list[str]) -> tuple[int, str]:
+        code, output = self._container.exec_run(argv)
+        return int(code), bytes(output or b"").decode("utf-8", errors="replace")
+
+
+class DockerBackend(Backend):
+    """Runs each service as a container on the engine ``DOCKER_HOST`` names (or the local one)."""
+
+    name = "docker"
+
+    def __init__(self) -> None:
+        self._client: DockerClient | None = None
+        self._host: str | None = None
+
+    @property
+    def client(self) -> DockerClient:
+        if self._client is None:
+            self.check()
+        assert self._client is not None
+        return self._client
+
+    def check(self) -> None:
+        if self._client is not None:
+            return
+        try:
+            from testcontainers.core.docker_client import DockerClient
+
+            client = DockerClient()
+            client.client.ping()
+        except Exception as exc:
+            where = os.environ.get("DOCKER_HOST") or "the local socket (/var/run/docker.sock)"
+            raise BackendUnavailable(
+                f"docker: no Docker engine answers at {where}: {' '.join(str(exc).split())}. "
+                "Start the engine (e.g. `dockerd &`) or point DOCKER_HOST at one."
+            ) from exc
+        self._client = client
+        self._host = engine_host(client)
+
+    @property
+    def host(self) -> str:
+        self.check()
+        assert self._host is not None
+        return self._host
+
+    @property
+    def bind_address(self) -> str:
+        """Where ports publish: loopback for a local engine."""
+        explicit = os.environ.get("SVCENV_DOCKER_BIND")
+        if explicit:
+            return explicit
+        return "127.0.0.1" if _is_loopback(self.host) else "0.0.0.0"  # noqa: S104 (remote engine)
+
+    def create(self, resolved: Resolved, labels: Mapping[str, str]) -> DockerInstance:
+        from testcontainers.core.container import DockerContainer
+
+        container = DockerContainer(
+            resolved.image,
+            # A pinned API version makes the throw-away client open no connection.
+            docker_client_kw={"version": self.client.client.api.api_version},
+            command=list(resolved.command) if resolved.command is not None else None,
+            env=dict(resolved.env),
+        )
+        container._docker = self.client  # share one client (and its connection pool)
+        bind = self.bind_address
+        for port in resolved.ports:
+            # docker-py takes (host_ip,) as "this interface, any free port".
+            container.ports[f"{port}/tcp"] = (bind,)
+        for path in resolved.tmpfs:
+            container.with_tmpfs_mount(path)
+        env_id = labels.get("svcenv.environment", "x")
+        container.with_name(f"svcenv-{env_id}-{resolved.name}")
+        all_labels = {**labels, LABEL_SERVICE: resolved.name}
+        container._configure()
+        created = self.client.create(
+            container.image,
+            command=container._command,
+            environment=container.env,
+            ports=container.ports,
+            labels=all_labels,
+            name=container._name,
+            tmpfs=container.tmpfs,
+        )
+        container._container = created
+        return DockerInstance(container, self.host, resolved.ports)
+
+    def cleanup(self, labels: Mapping[str, str]) -> int:
+        if self._client is None:
+            return 0
+        import docker.errors
+
+        filters = {"label": [f"{k}={v}" for k, v in labels.items()]}
+        removed = 0
+        for container in self.client.client.containers.list(all=True, filters=filters):
+            try:
+                container.remove(force=True, v=True)
+                removed += 1
+            except docker.errors.NotFound:
+                pass
+            except docker.errors.APIError as exc:
+                if exc.status_code != 409:
+                    raise
+        return removed
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.client.close()

@@ -1,0 +1,299 @@
+"""What a service is: frozen, hashable descriptors.
+
+A descriptor names an image, its ports, environment, command and readiness
+probe. It holds no running state: :class:`~svcenv.Environment` turns it into a
+running service and a handle. Defaults follow the official images' contracts,
+and every default image can be replaced per descriptor (``image=``) or through
+``SVCENV_<KIND>_IMAGE`` (read when the environment starts).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, ClassVar
+
+from .errors import ConfigurationError
+from .probes import ElasticsearchHealth, PostgresQuery, Probe, RedisPing
+
+if TYPE_CHECKING:
+    from .handles import ServiceHandle
+
+__all__ = ["Elasticsearch", "Postgres", "Redis", "Service", "generate_password"]
+
+_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
+
+
+def generate_password() -> str:
+    """A fresh password with 192 bits from :mod:`secrets`, safe in URLs."""
+    return secrets.token_urlsafe(24)
+
+
+class FrozenMap(Mapping[str, str]):
+    """An immutable, hashable ``str -> str`` mapping (descriptors must hash)."""
+
+    __slots__ = ("_data", "_hash")
+
+    def __init__(self, data: Mapping[str, str] | Sequence[tuple[str, str]] = ()) -> None:
+        self._data = dict(data)
+        self._hash: int | None = None
+
+    def __getitem__(self, key: str) -> str:
+        return self._data[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __hash__(self) -> int:
+        if self._hash is None:
+            self._hash = hash(frozenset(self._data.items()))
+        return self._hash
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Mapping) and dict(self._data) == dict(other)
+
+    def __repr__(self) -> str:
+        return f"{{{', '.join(f'{k!r}: {v!r}' for k, v in self._data.items())}}}"
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """A descriptor made concrete for one environment: image, env, command, secrets.
+
+    Backends read this; the ``secrets`` never appear in its ``repr``.
+    """
+
+    service: Service
+    image: str
+    ports: tuple[int, ...]
+    env: Mapping[str, str] = field(repr=False)
+    command: tuple[str, ...] | None
+    secrets: Mapping[str, str] = field(repr=False, default_factory=dict)
+    tmpfs: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.service.name
+
+
+@dataclass(frozen=True)
+class Service:
+    """A generic service: any image, its ports, env, command and readiness probe.
+
+    ``name`` identifies the service in an environment (and in ``env_vars()``);
+    ``ports`` are container ports, each published on a random host port;
+    ``probe`` decides readiness (default: a TCP connect to the first port);
+    ``depends_on`` names services that must be ready before this one starts;
+    ``timeout`` is how many seconds the service gets from start to ready;
+    ``scheme`` builds the handle's ``url`` (``scheme://host:port``).
+    """
+
+    name: str
+    image: str | None = None
+    ports: tuple[int, ...] = ()
+    env: Mapping[str, str] = field(default_factory=FrozenMap)
+    command: tuple[str, ...] | None = None
+    probe: Probe | None = None
+    depends_on: tuple[str, ...] = ()
+    timeout: float | None = None
+    scheme: str = "tcp"
+    tmpfs: tuple[str, ...] = ()
+
+    kind: ClassVar[str] = "service"
+    default_image: ClassVar[str | None] = None
+    default_timeout: ClassVar[float] = 60.0
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__
+        set_(self, "ports", tuple(int(p) for p in self.ports))
+        set_(self, "env", FrozenMap({str(k): str(v) for k, v in dict(self.env).items()}))
+        if self.command is not None:
+            command = (self.command,) if isinstance(self.command, str) else self.command
+            set_(self, "command", tuple(str(c) for c in command))
+        deps = (self.depends_on,) if isinstance(self.depends_on, (str, Service)) else self.depends_on
+        set_(self, "depends_on", tuple(d.name if isinstance(d, Service) else str(d) for d in deps))
+        set_(self, "tmpfs", tuple(self.tmpfs))
+        self._validate()
+
+    def _validate(self) -> None:
+        if not isinstance(self.name, str) or not _NAME.match(self.name):
+            raise ConfigurationError(
+                f"service name {self.name!r} is not valid: use lower-case letters, digits, '.', '_', '-'"
+            )
+        for port in self.ports:
+            if not 0 < port < 65536:
+                raise ConfigurationError(f"service {self.name!r}: port {port} is not in 1..65535")
+        if self.timeout is not None and not self.timeout > 0:
+            raise ConfigurationError(f"service {self.name!r}: timeout must be > 0 seconds, got {self.timeout!r}")
+        if self.name in self.depends_on:
+            raise ConfigurationError(f"service {self.name!r} cannot depend on itself")
+        if self.probe is not None and not isinstance(self.probe, Probe):
+            raise ConfigurationError(f"service {self.name!r}: probe must be a svcenv.probes.Probe")
+
+    # -- what the environment asks of a descriptor -------------------------------------------
+
+    @property
+    def effective_image(self) -> str:
+        """The image to run: ``image=``, else ``SVCENV_<KIND>_IMAGE``, else the default."""
+        image = self.image or os.environ.get(f"SVCENV_{self.kind.upper()}_IMAGE") or self.default_image
+        if not image:
+            raise ConfigurationError(f"service {self.name!r}: no image given")
+        return image
+
+    @property
+    def effective_timeout(self) -> float:
+        return self.timeout if self.timeout is not None else self.default_timeout
+
+    @property
+    def readiness_probe(self) -> Probe:
+        """The probe that decides readiness (the descriptor's, or the kind's default)."""
+        if self.probe is not None:
+            return self.probe
+        from .probes import TCP
+
+        return TCP()
+
+    def resolve(self) -> Resolved:
+        """Make the descriptor concrete for one environment (generates passwords)."""
+        return self._resolved(dict(self.env), self.command)
+
+    def _resolved(
+        self, env: Mapping[str, str], command: tuple[str, ...] | None, secrets: Mapping[str, str] | None = None
+    ) -> Resolved:
+        tmpfs = {path: "rw" for path in self.tmpfs}
+        return Resolved(self, self.effective_image, self.ports, env, command, secrets or {}, tmpfs)
+
+    def handle_class(self) -> type[ServiceHandle]:
+        from .handles import ServiceHandle
+
+        return ServiceHandle
+
+
+def _env_with(base: Mapping[str, str], **managed: str) -> dict[str, str]:
+    env = dict(base)
+    env.update(managed)
+    return env
+
+
+@dataclass(frozen=True, kw_only=True)
+class Postgres(Service):
+    """PostgreSQL, following the official ``postgres`` image's contract.
+
+    ``user``/``password``/``dbname`` become ``POSTGRES_USER``/``POSTGRES_PASSWORD``/
+    ``POSTGRES_DB``; the password is generated per environment unless given.
+    ``settings`` are server options passed as ``-c key=value``.
+    Ready when psycopg connects to ``dbname`` and ``SELECT 1`` answers.
+    """
+
+    name: str = "postgres"
+    ports: tuple[int, ...] = (5432,)
+    scheme: str = "postgresql"
+    user: str = "postgres"
+    password: str | None = field(default=None, repr=False)
+    dbname: str = "test"
+    settings: Mapping[str, str] = field(default_factory=FrozenMap)
+
+    kind: ClassVar[str] = "postgres"
+    default_image: ClassVar[str | None] = "postgres:16-alpine"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "settings", FrozenMap({str(k): str(v) for k, v in dict(self.settings).items()}))
+        super().__post_init__()
+        if not self.user or not self.dbname:
+            raise ConfigurationError(f"service {self.name!r}: user and dbname must not be empty")
+
+    @property
+    def readiness_probe(self) -> Probe:
+        return self.probe or PostgresQuery()
+
+    def resolve(self) -> Resolved:
+        password = self.password or generate_password()
+        env = _env_with(self.env, POSTGRES_USER=self.user, POSTGRES_PASSWORD=password, POSTGRES_DB=self.dbname)
+        command = self.command
+        if command is None and self.settings:
+            command = ("postgres", *(arg for k, v in self.settings.items() for arg in ("-c", f"{k}={v}")))
+        return self._resolved(env, command, {"password": password})
+
+    def handle_class(self) -> type[ServiceHandle]:
+        from .handles import PostgresHandle
+
+        return PostgresHandle
+
+
+@dataclass(frozen=True, kw_only=True)
+class Redis(Service):
+    """Redis, following the official ``redis`` image's contract.
+
+    A password is generated per environment and set with ``--requirepass``;
+    pass ``password=""`` for a server without AUTH. Ready when ``PING`` answers.
+    """
+
+    name: str = "redis"
+    ports: tuple[int, ...] = (6379,)
+    scheme: str = "redis"
+    password: str | None = field(default=None, repr=False)
+
+    kind: ClassVar[str] = "redis"
+    default_image: ClassVar[str | None] = "redis:7-alpine"
+    default_timeout: ClassVar[float] = 30.0
+
+    @property
+    def readiness_probe(self) -> Probe:
+        return self.probe or RedisPing()
+
+    def resolve(self) -> Resolved:
+        password = generate_password() if self.password is None else self.password
+        command = self.command or ("redis-server", "--save", "", "--appendonly", "no")
+        if password:
+            command = (*command, "--requirepass", password)
+        return self._resolved(dict(self.env), command, {"password": password})
+
+    def handle_class(self) -> type[ServiceHandle]:
+        from .handles import RedisHandle
+
+        return RedisHandle
+
+
+@dataclass(frozen=True, kw_only=True)
+class Elasticsearch(Service):
+    """Elasticsearch 8, following the official image's documented contract.
+
+    Runs as a single node (``discovery.type=single-node``) with security off
+    (``xpack.security.enabled=false``, plain HTTP, no password) and a bounded
+    heap (``heap``, as ``ES_JAVA_OPTS=-Xms… -Xmx…``). Ready when
+    ``GET /_cluster/health?wait_for_status=yellow`` says so.
+    """
+
+    name: str = "elasticsearch"
+    ports: tuple[int, ...] = (9200,)
+    scheme: str = "http"
+    heap: str = "512m"
+
+    kind: ClassVar[str] = "elasticsearch"
+    default_image: ClassVar[str | None] = "docker.elastic.co/elasticsearch/elasticsearch:8.15.0"
+    default_timeout: ClassVar[float] = 120.0
+
+    @property
+    def readiness_probe(self) -> Probe:
+        return self.probe or ElasticsearchHealth()
+
+    def resolve(self) -> Resolved:
+        env = {
+            "discovery.type": "single-node",
+            "xpack.security.enabled": "false",
+            "cluster.routing.allocation.disk.threshold_enabled": "false",
+            "ES_JAVA_OPTS": f"-Xms{self.heap} -Xmx{self.heap}",
+            **self.env,
+        }
+        return self._resolved(env, self.command)
+
+    def handle_class(self) -> type[ServiceHandle]:
+        from .handles import ElasticsearchHandle
+
+        return ElasticsearchHandle

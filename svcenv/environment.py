@@ -1,0 +1,424 @@
+"""``Environment``: start services in parallel, wait until ready, always tear down."""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import threading
+import time
+import warnings
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from types import TracebackType
+from typing import TYPE_CHECKING, TypeVar, overload
+
+from ._version import __version__
+from .backends import get_backend
+from .backends.base import LABEL_ENVIRONMENT, LABEL_OWNER_PID, LABEL_VERSION, Backend, Instance
+from .descriptors import Elasticsearch, Postgres, Redis, Service
+from .errors import (
+    ConfigurationError,
+    ProbeFailed,
+    ServiceExited,
+    ServiceFailure,
+    ServiceNotFound,
+    ServiceStartError,
+)
+from .handles import ElasticsearchHandle, PostgresHandle, RedisHandle, ServiceHandle
+from .probes import wait_until_ready
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
+__all__ = ["Environment", "ServiceTiming", "TeardownWarning"]
+
+log = logging.getLogger("svcenv")
+LOG_TAIL_LINES = 25
+_T = TypeVar("_T")
+
+
+class TeardownWarning(ResourceWarning):
+    """Something could not be removed within the teardown bound (it names what)."""
+
+
+@dataclass(frozen=True)
+class ServiceTiming:
+    """When one service went through each phase, in seconds since ``start()`` began."""
+
+    service: str
+    backend: str
+    begin: float
+    """Dependencies ready; creation begins."""
+    created: float
+    """Container/process created."""
+    started: float
+    """Container/process started."""
+    ready: float
+    """The readiness probe passed."""
+    attempts: int
+    """Probe attempts it took."""
+
+    @property
+    def create_s(self) -> float:
+        return self.created - self.begin
+
+    @property
+    def start_s(self) -> float:
+        return self.started - self.created
+
+    @property
+    def ready_s(self) -> float:
+        """From started to ready: the time the probe waited."""
+        return self.ready - self.started
+
+    @property
+    def total_s(self) -> float:
+        return self.ready - self.begin
+
+
+class _Cancelled(Exception):
+    """A peer failed, or the owner interrupted the start: stop quietly."""
+
+
+class Environment:
+    """A set of services that start together and are torn down together.
+
+    ::
+
+        with Environment(Postgres(), Redis()) as env:
+            env[postgres].connect()
+
+    Services start in parallel; one with ``depends_on`` starts when its
+    dependencies are ready. If any service fails, everything is removed and one
+    :class:`~svcenv.ServiceStartError` reports every failure. Teardown runs in
+    parallel, is bounded by ``teardown_timeout``, is idempotent, and runs on every
+    exit path, including an exception in the body and Ctrl-C during start.
+
+    ``backend`` chooses where services run (``"docker"``); ``timeout`` replaces
+    the per-kind default readiness deadline of services that set none.
+    """
+
+    def __init__(
+        self,
+        *services: Service,
+        backend: str | Backend = "docker",
+        timeout: float | None = None,
+        teardown_timeout: float = 30.0,
+        labels: Mapping[str, str] | None = None,
+    ) -> None:
+        if timeout is not None and not timeout > 0:
+            raise ConfigurationError(f"Environment timeout must be > 0 seconds, got {timeout!r}")
+        self.id = secrets.token_hex(6)
+        self._services: dict[str, Service] = {}
+        for service in services:
+            if not isinstance(service, Service):
+                raise ConfigurationError(f"Environment takes service descriptors, got {service!r}")
+            if service.name in self._services:
+                raise ConfigurationError(
+                    f"two services are named {service.name!r}: give one another name, e.g. "
+                    f"{type(service).__name__}(name='{service.name}-2')"
+                )
+            self._services[service.name] = service
+        _check_dependencies(self._services)
+        self._backend_choice = backend
+        self._timeout = timeout
+        self.teardown_timeout = teardown_timeout
+        self.labels = {
+            **(labels or {}),
+            LABEL_ENVIRONMENT: self.id,
+            LABEL_OWNER_PID: str(os.getpid()),
+            LABEL_VERSION: __version__,
+        }
+        self._backends: dict[str, Backend] = {}
+        self._instances: dict[str, Instance] = {}
+        self._handles: dict[str, ServiceHandle] = {}
+        self._timings: dict[str, ServiceTiming] = {}
+        self._lock = threading.Lock()
+        self._cancel = threading.Event()
+        self._ready = {name: threading.Event() for name in self._services}
+        self._failed: set[str] = set()
+        self._workers: list[Future[None]] = []
+        self._state = "new"
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def start(self) -> Self:
+        """Start every service and wait until each is ready. Returns the environment."""
+        if self._state != "new":
+            raise RuntimeError(f"environment {self.id} was already started (state: {self._state})")
+        self._state = "starting"
+        self._t0 = time.monotonic()
+        try:
+            self._backend_for_all()
+            executor = ThreadPoolExecutor(max_workers=max(1, len(self._services)), thread_name_prefix="svcenv")
+            try:
+                self._workers = [executor.submit(self._start_one, s) for s in self._services.values()]
+                done, pending = wait(self._workers, return_when=FIRST_EXCEPTION)
+                if pending:
+                    self._cancel.set()
+                    wait(pending)
+            finally:
+                executor.shutdown(wait=False)
+            failures = [f.exception() for f in self._workers]
+            reported = [e.args[0] for e in failures if isinstance(e, _Failure)]
+            unexpected = [e for e in failures if e is not None and not isinstance(e, (_Failure, _Cancelled))]
+            if unexpected:
+                raise unexpected[0]
+            if reported:
+                raise ServiceStartError(reported)
+        except BaseException:
+            self._cancel.set()
+            self.stop()
+            raise
+        self._state = "running"
+        return self
+
+    def stop(self) -> None:
+        """Remove every service, in parallel and bounded in time. Safe to call again."""
+        if self._state in ("stopped", "stopping"):
+            return
+        self._state = "stopping"
+        self._cancel.set()
+        deadline = time.monotonic() + self.teardown_timeout
+        # Let start workers notice the cancel (they remove what they are creating).
+        interrupted = _wait_shielded(lambda: wait(self._workers, timeout=_left(deadline)), None)
+        with self._lock:
+            instances = list(self._instances.items())
+        problems: list[str] = []
+        stopper = ThreadPoolExecutor(max_workers=max(1, len(instances)), thread_name_prefix="svcenv-stop")
+        futures = {stopper.submit(instance.stop): name for name, instance in instances}
+        interrupted = _wait_shielded(lambda: wait(futures, timeout=_left(deadline)), interrupted)
+        stopper.shutdown(wait=False)
+        for future, name in futures.items():
+            if not future.done():
+                problems.append(f"{name}: not removed within {self.teardown_timeout}s")
+            elif future.exception() is not None:
+                problems.append(f"{name}: {future.exception()}")
+        # A sweep by label also catches what was created but never registered.
+        for backend in set(self._backends.values()):
+            try:
+                backend.cleanup({LABEL_ENVIRONMENT: self.id})
+            except Exception as exc:
+                problems.append(f"{backend.name} cleanup: {exc}")
+            backend.close()
+        self._handles.clear()
+        self._state = "stopped"
+        if problems:
+            warnings.warn(
+                f"svcenv environment {self.id}: teardown incomplete: " + "; ".join(problems),
+                TeardownWarning,
+                stacklevel=2,
+            )
+        if interrupted is not None:
+            raise interrupted
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    # -- one service ------------------------------------------------------------------------
+
+    def _start_one(self, service: Service) -> None:
+        name = service.name
+        instance: Instance | None = None
+        resolved = None
+        backend = self._backends[name]
+        try:
+            for dep in service.depends_on:
+                while not self._ready[dep].wait(0.05):
+                    if self._cancel.is_set() or dep in self._failed:
+                        raise _Cancelled
+            if self._cancel.is_set():
+                raise _Cancelled
+            resolved = service.resolve()
+            begin = self._now()
+            instance = backend.create(resolved, self.labels)
+            with self._lock:
+                self._instances[name] = instance
+            created = self._now()
+            if self._cancel.is_set():
+                raise _Cancelled
+            instance.start()
+            started = self._now()
+            handle = service.handle_class()(resolved, instance)
+            timeout = service.timeout or self._timeout or service.effective_timeout
+            try:
+                attempts = wait_until_ready(handle, service.readiness_probe, timeout, self._cancel)
+            except ProbeFailed as exc:
+                if self._cancel.is_set():
+                    raise _Cancelled from None
+                raise _Failure(self._failure(service, resolved.image, instance,
+                                             f"not ready within {timeout:g}s; last probe error: {exc}")) from exc
+            if self._cancel.is_set():
+                raise _Cancelled
+            with self._lock:
+                self._handles[name] = handle
+                self._timings[name] = ServiceTiming(name, backend.name, begin, created, started, self._now(),
+                                                    attempts)
+            self._ready[name].set()
+        except (_Cancelled, _Failure):
+            self._failed.add(name)
+            raise
+        except ServiceExited as exc:
+            self._failed.add(name)
+            raise _Failure(self._failure(service, resolved.image if resolved else None, instance, str(exc))) from exc
+        except Exception as exc:
+            self._failed.add(name)
+            image = resolved.image if resolved else None
+            what = "could not be created" if instance is None else "could not be started"
+            reason = f"{what}: {' '.join(str(exc).split()) or type(exc).__name__}"
+            raise _Failure(self._failure(service, image, instance, reason)) from exc
+        finally:
+            if name in self._failed and instance is not None and self._cancel.is_set():
+                # The teardown may already have passed this instance; removing twice is safe.
+                _quietly(instance.stop)
+
+    def _failure(self, service: Service, image: str | None, instance: Instance | None, reason: str) -> ServiceFailure:
+        tail = ""
+        if instance is not None:
+            tail = _quietly(lambda: instance.logs(LOG_TAIL_LINES)) or ""
+        backend = self._backends[service.name].name
+        return ServiceFailure(service.name, backend, image, reason, tail)
+
+    def _backend_for_all(self) -> None:
+        shared: dict[str, Backend] = {}
+        for name in self._services:
+            choice = self._backend_choice
+            if not isinstance(choice, Backend):
+                if choice not in shared:
+                    shared[choice] = get_backend(choice)
+                choice = shared[choice]
+            self._backends[name] = choice
+        for backend in set(self._backends.values()):
+            backend.check()
+
+    def _now(self) -> float:
+        return time.monotonic() - self._t0
+
+    # -- access -----------------------------------------------------------------------------
+
+    @overload
+    def __getitem__(self, key: Postgres) -> PostgresHandle: ...
+    @overload
+    def __getitem__(self, key: Redis) -> RedisHandle: ...
+    @overload
+    def __getitem__(self, key: Elasticsearch) -> ElasticsearchHandle: ...
+    @overload
+    def __getitem__(self, key: Service | str) -> ServiceHandle: ...
+
+    def __getitem__(self, key: Service | str) -> ServiceHandle:
+        """The running service, looked up by descriptor or by name."""
+        name = key.name if isinstance(key, Service) else key
+        if self._state != "running":
+            raise ServiceNotFound(f"environment {self.id} is not running (state: {self._state})")
+        try:
+            return self._handles[name]
+        except KeyError:
+            raise ServiceNotFound(
+                f"no service named {name!r} in this environment; it has {sorted(self._handles)}"
+            ) from None
+
+    def __contains__(self, key: object) -> bool:
+        name = key.name if isinstance(key, Service) else key
+        return name in self._handles
+
+    def __iter__(self) -> Iterator[ServiceHandle]:
+        return iter(list(self._handles.values()))
+
+    @property
+    def services(self) -> Mapping[str, Service]:
+        """The descriptors, by name, in declaration order."""
+        return dict(self._services)
+
+    @property
+    def timings(self) -> Mapping[str, ServiceTiming]:
+        """Per-service start timings of the last ``start()``."""
+        return dict(self._timings)
+
+    @property
+    def state(self) -> str:
+        """``new``, ``starting``, ``running``, ``stopping`` or ``stopped``."""
+        return self._state
+
+    def env_vars(self) -> dict[str, str]:
+        """Variables that reach every service.
+
+        ``<NAME>_HOST``/``_PORT``/``_URL`` per service, plus the kinds'
+        conventional variables (``DATABASE_URL`` and ``PG*``, ``REDIS_URL``,
+        ``ELASTICSEARCH_URL``) from the service of each kind that keeps the
+        kind's default name, else the first of that kind.
+        """
+        variables: dict[str, str] = {}
+        primary: dict[type[Service], ServiceHandle] = {}
+        for handle in self:
+            variables.update(handle.env_vars())
+            kind = type(handle.descriptor)
+            default_name = getattr(kind, "__dataclass_fields__", {}).get("name")
+            is_default = default_name is not None and default_name.default == handle.name
+            if kind not in primary or is_default:
+                primary[kind] = handle
+        for handle in primary.values():
+            variables.update(handle.conventional_env_vars())
+        return variables
+
+    def __repr__(self) -> str:
+        return f"<Environment {self.id} {self._state} services={list(self._services)}>"
+
+
+class _Failure(Exception):
+    """Carries one ServiceFailure out of a start worker."""
+
+
+def _check_dependencies(services: Mapping[str, Service]) -> None:
+    for service in services.values():
+        for dep in service.depends_on:
+            if dep not in services:
+                raise ConfigurationError(
+                    f"service {service.name!r} depends on {dep!r}, which is not in the environment "
+                    f"(it has {sorted(services)})"
+                )
+    visiting: set[str] = set()
+    done: set[str] = set()
+
+    def visit(name: str, path: tuple[str, ...]) -> None:
+        if name in done:
+            return
+        if name in visiting:
+            raise ConfigurationError("dependency cycle: " + " -> ".join((*path, name)))
+        visiting.add(name)
+        for dep in services[name].depends_on:
+            visit(dep, (*path, name))
+        visiting.discard(name)
+        done.add(name)
+
+    for name in services:
+        visit(name, ())
+
+
+def _left(deadline: float) -> float:
+    return max(0.0, deadline - time.monotonic())
+
+
+def _wait_shielded(fn: Callable[[], object], interrupted: BaseException | None) -> BaseException | None:
+    """Run a bounded wait; a Ctrl-C during it is remembered, and the wait resumes once."""
+    for _ in range(2):
+        try:
+            fn()
+            return interrupted
+        except KeyboardInterrupt as exc:
+            interrupted = interrupted or exc
+    return interrupted
+
+
+def _quietly(fn: Callable[[], _T]) -> _T | None:
+    try:
+        return fn()
+    except Exception:
+        log.debug("ignored error during cleanup", exc_info=True)
+        return None

@@ -1,0 +1,81 @@
+"""The errors svcenv raises. Every one names the service and says what to do."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+class SvcenvError(Exception):
+    """Base class of every error svcenv raises on purpose."""
+
+
+class ConfigurationError(SvcenvError, ValueError):
+    """A descriptor or an environment was given values that cannot work."""
+
+
+class ServiceNotFound(SvcenvError, KeyError):
+    """A handle was looked up by a name or descriptor that is not in the environment."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "service not found"
+
+
+class BackendUnavailable(SvcenvError):
+    """No backend can run a service on this machine (e.g. no Docker engine answers)."""
+
+
+class ProbeFailed(SvcenvError):
+    """One readiness probe attempt failed; svcenv retries until the deadline."""
+
+
+class ServiceExited(SvcenvError):
+    """The service's process or container stopped while svcenv was waiting for it."""
+
+
+@dataclass(frozen=True)
+class ServiceFailure:
+    """Why one service did not become ready."""
+
+    service: str
+    backend: str
+    image: str | None
+    reason: str
+    log_tail: str = ""
+
+    def describe(self) -> str:
+        """One paragraph: the service, where it ran, the cause and its last log lines."""
+        where = f"{self.backend} backend" + (f", image {self.image}" if self.image else "")
+        text = f"service {self.service!r} ({where}): {self.reason}"
+        if self.log_tail.strip():
+            tail = "\n".join("    " + line for line in self.log_tail.rstrip().splitlines())
+            text += f"\n  last lines of its log:\n{tail}"
+        return text
+
+
+class ServiceStartError(SvcenvError):
+    """One or more services of an environment did not become ready.
+
+    ``failures`` lists every service that failed, each with its backend, image,
+    the last probe error and the tail of its log. By the time this is raised,
+    everything the environment had started has been removed.
+    """
+
+    def __init__(self, failures: Sequence[ServiceFailure]) -> None:
+        self.failures: tuple[ServiceFailure, ...] = tuple(failures)
+        super().__init__(self._message())
+
+    def _message(self) -> str:
+        if len(self.failures) == 1:
+            return self.failures[0].describe()
+        lines = [f"{len(self.failures)} services failed to start:"]
+        lines += ["- " + f.describe() for f in self.failures]
+        return "\n".join(lines)
+
+    @property
+    def services(self) -> tuple[str, ...]:
+        """Names of the services that failed."""
+        return tuple(f.service for f in self.failures)
+
+    def __reduce__(self) -> tuple[type[ServiceStartError], tuple[tuple[ServiceFailure, ...]]]:
+        return (type(self), (self.failures,))

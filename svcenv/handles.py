@@ -1,0 +1,237 @@
+"""Handles: what a test holds for a running service (address, credentials, clients).
+
+Client libraries are imported only when a factory is called, so ``import svcenv``
+stays light. No ``repr`` here shows a password or a URL that contains one.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
+
+from .errors import ConfigurationError
+
+if TYPE_CHECKING:
+    import elasticsearch
+    import psycopg
+    import redis
+    import redis.asyncio
+
+    from .backends.base import Instance
+    from .descriptors import Elasticsearch, Postgres, Redis, Resolved, Service
+
+__all__ = ["ElasticsearchHandle", "PostgresHandle", "RedisHandle", "ServiceHandle", "env_prefix"]
+
+
+def env_prefix(name: str) -> str:
+    """``"postgres-replica"`` -> ``"POSTGRES_REPLICA"``: the prefix of a service's variables."""
+    return re.sub(r"[^A-Za-z0-9]", "_", name).upper()
+
+
+class ServiceHandle:
+    """A running service: where it listens, how it runs, and its log."""
+
+    def __init__(self, resolved: Resolved, instance: Instance) -> None:
+        self._resolved = resolved
+        self._instance = instance
+
+    # -- identity and address ----------------------------------------------------------------
+
+    @property
+    def descriptor(self) -> Service:
+        """The descriptor this service was started from."""
+        return self._resolved.service
+
+    @property
+    def name(self) -> str:
+        return self._resolved.service.name
+
+    @property
+    def backend(self) -> str:
+        """Which backend runs the service (``"docker"``, ...)."""
+        return self._instance.backend
+
+    @property
+    def id(self) -> str:
+        """The backend's id of the service (container id, pid, ...)."""
+        return self._instance.id
+
+    @property
+    def image(self) -> str:
+        return self._resolved.image
+
+    @property
+    def host(self) -> str:
+        """The address to connect to (127.0.0.1 for a local engine)."""
+        return self._instance.host
+
+    @property
+    def ports(self) -> Mapping[int, int]:
+        """Container port -> published host port."""
+        return dict(self._instance.ports)
+
+    @property
+    def port(self) -> int:
+        """The published host port of the service's first port."""
+        return self.port_for(None)
+
+    def port_for(self, container_port: int | None) -> int:
+        """The published host port for ``container_port`` (``None``: the first port)."""
+        ports = self._instance.ports
+        if container_port is None:
+            if not self._resolved.ports:
+                raise ConfigurationError(f"service {self.name!r} declares no ports")
+            container_port = self._resolved.ports[0]
+        try:
+            return ports[container_port]
+        except KeyError:
+            raise ConfigurationError(
+                f"service {self.name!r} does not publish port {container_port}; it publishes {sorted(ports)}"
+            ) from None
+
+    @property
+    def url(self) -> str:
+        """``scheme://host:port`` of the first port (kinds add credentials and paths)."""
+        return f"{self.descriptor.scheme}://{self.host}:{self.port}"
+
+    # -- backend passthroughs -----------------------------------------------------------------
+
+    def logs(self, tail: int | None = None) -> str:
+        """The service's log (stdout and stderr), or its last ``tail`` lines."""
+        return self._instance.logs(tail)
+
+    def exit_status(self) -> int | None:
+        """``None`` while the service runs, else its exit status."""
+        return self._instance.exit_status()
+
+    def exec(self, argv: Sequence[str]) -> tuple[int, str]:
+        """Run ``argv`` inside the service; return (exit status, output)."""
+        return self._instance.exec(list(argv))
+
+    # -- environment variables ----------------------------------------------------------------
+
+    def env_vars(self) -> dict[str, str]:
+        """``<NAME>_HOST``, ``<NAME>_PORT`` and ``<NAME>_URL`` for this service."""
+        prefix = env_prefix(self.name)
+        variables = {f"{prefix}_HOST": self.host}
+        if self._resolved.ports:
+            variables[f"{prefix}_PORT"] = str(self.port)
+            variables[f"{prefix}_URL"] = self.url
+        return variables
+
+    def conventional_env_vars(self) -> dict[str, str]:
+        """Well-known variables of the kind (``DATABASE_URL``, ...); empty for generic services."""
+        return {}
+
+    def __repr__(self) -> str:
+        address = f"{self.host}:{self.port}" if self._resolved.ports else self.host
+        return f"<{type(self).__name__} {self.name!r} {self.backend} {address} image={self.image!r}>"
+
+
+class PostgresHandle(ServiceHandle):
+    """A running Postgres: ``connect()``, ``url``, ``user``, ``password``, ``dbname``."""
+
+    descriptor: Postgres  # type: ignore[assignment]
+
+    @property
+    def user(self) -> str:
+        return self.descriptor.user
+
+    @property
+    def password(self) -> str:
+        return self._resolved.secrets["password"]
+
+    @property
+    def dbname(self) -> str:
+        return self.descriptor.dbname
+
+    def url_for(self, dbname: str) -> str:
+        """The URL of another database on the same server."""
+        return (
+            f"postgresql://{quote(self.user, safe='')}:{quote(self.password, safe='')}"
+            f"@{self.host}:{self.port}/{quote(dbname, safe='')}"
+        )
+
+    @property
+    def url(self) -> str:
+        """``postgresql://user:password@host:port/dbname``."""
+        return self.url_for(self.dbname)
+
+    def connect(self, dbname: str | None = None, **kwargs: Any) -> psycopg.Connection[Any]:
+        """A new :class:`psycopg.Connection` (keyword arguments go to ``psycopg.connect``)."""
+        import psycopg
+
+        return psycopg.connect(self.url_for(dbname or self.dbname), **kwargs)
+
+    async def connect_async(self, dbname: str | None = None, **kwargs: Any) -> psycopg.AsyncConnection[Any]:
+        """A new :class:`psycopg.AsyncConnection`."""
+        import psycopg
+
+        return await psycopg.AsyncConnection.connect(self.url_for(dbname or self.dbname), **kwargs)
+
+    def conventional_env_vars(self) -> dict[str, str]:
+        """``DATABASE_URL`` and libpq's ``PGHOST``/``PGPORT``/``PGUSER``/``PGPASSWORD``/``PGDATABASE``."""
+        return {
+            "DATABASE_URL": self.url,
+            "PGHOST": self.host,
+            "PGPORT": str(self.port),
+            "PGUSER": self.user,
+            "PGPASSWORD": self.password,
+            "PGDATABASE": self.dbname,
+        }
+
+
+class RedisHandle(ServiceHandle):
+    """A running Redis: ``client()``, ``async_client()``, ``url``, ``password``."""
+
+    descriptor: Redis  # type: ignore[assignment]
+
+    @property
+    def password(self) -> str:
+        """The AUTH password ("" when the server has none)."""
+        return self._resolved.secrets.get("password", "")
+
+    def url_for(self, db: int = 0) -> str:
+        """``redis://[:password@]host:port/db``."""
+        auth = f":{quote(self.password, safe='')}@" if self.password else ""
+        return f"redis://{auth}{self.host}:{self.port}/{db}"
+
+    @property
+    def url(self) -> str:
+        return self.url_for(0)
+
+    def client(self, db: int = 0, **kwargs: Any) -> redis.Redis:
+        """A :class:`redis.Redis` on logical database ``db``."""
+        import redis
+
+        return redis.Redis.from_url(self.url_for(db), **kwargs)
+
+    def async_client(self, db: int = 0, **kwargs: Any) -> redis.asyncio.Redis:
+        """A :class:`redis.asyncio.Redis` on logical database ``db``."""
+        import redis.asyncio
+
+        return redis.asyncio.Redis.from_url(self.url_for(db), **kwargs)
+
+    def conventional_env_vars(self) -> dict[str, str]:
+        return {"REDIS_URL": self.url}
+
+
+class ElasticsearchHandle(ServiceHandle):
+    """A running Elasticsearch: ``client()`` (needs the ``elasticsearch`` extra) and ``url``."""
+
+    descriptor: Elasticsearch  # type: ignore[assignment]
+
+    def client(self, **kwargs: Any) -> elasticsearch.Elasticsearch:
+        """An :class:`elasticsearch.Elasticsearch` client for this node."""
+        try:
+            import elasticsearch
+        except ImportError as exc:
+            raise ImportError(
+                "the Elasticsearch client is not installed: pip install 'svcenv[elasticsearch]'"
+            ) from exc
+        return elasticsearch.Elasticsearch(self.url, **kwargs)
+
+    def conventional_env_vars(self) -> dict[str, str]:
+        return {"ELASTICSEARCH_URL": self.url}

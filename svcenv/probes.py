@@ -1,0 +1,260 @@
+"""How readiness is judged: one small interface, many tiny probes that compose.
+
+A probe makes one attempt and raises :class:`~svcenv.errors.ProbeFailed` if the
+service is not ready yet; :func:`wait_until_ready` retries it with tenacity
+until the service's deadline. Probes for Postgres, Redis and Elasticsearch speak
+the real protocol (a query, ``PING``, the cluster health API), so "ready" means
+a client can use the service, not merely that a port is open.
+
+    Service("web", "nginx", ports=(80,), probe=HTTP("/healthz") & LogLine("ready"))
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from .errors import ProbeFailed, ServiceExited
+
+if TYPE_CHECKING:
+    from tenacity import RetryCallState
+
+    from .handles import ServiceHandle
+
+__all__ = [
+    "HTTP",
+    "TCP",
+    "AllOf",
+    "Command",
+    "ElasticsearchHealth",
+    "LogLine",
+    "PostgresQuery",
+    "Probe",
+    "RedisPing",
+    "wait_until_ready",
+]
+
+FIRST_POLL = 0.01
+"""Seconds before the second attempt; later waits double up to :data:`MAX_POLL`."""
+MAX_POLL = 0.25
+
+
+class Probe(ABC):
+    """One readiness check. Subclasses make a single, short attempt."""
+
+    @abstractmethod
+    def check(self, service: ServiceHandle) -> None:
+        """Return if ``service`` is ready; raise :class:`ProbeFailed` saying why not."""
+
+    def __and__(self, other: Probe) -> AllOf:
+        return AllOf((self, other))
+
+
+@dataclass(frozen=True)
+class AllOf(Probe):
+    """Ready when every probe is ready, checked in order."""
+
+    probes: tuple[Probe, ...]
+
+    def __and__(self, other: Probe) -> AllOf:
+        return AllOf((*self.probes, other))
+
+    def check(self, service: ServiceHandle) -> None:
+        for probe in self.probes:
+            probe.check(service)
+
+
+@dataclass(frozen=True)
+class TCP(Probe):
+    """Ready when a TCP connection to the published ``port`` (default: the first) opens."""
+
+    port: int | None = None
+    timeout: float = 1.0
+
+    def check(self, service: ServiceHandle) -> None:
+        port = service.port_for(self.port)
+        try:
+            with socket.create_connection((service.host, port), timeout=self.timeout):
+                pass
+        except OSError as exc:
+            raise ProbeFailed(f"TCP connect to {service.host}:{port} failed: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class HTTP(Probe):
+    """Ready when ``GET path`` answers with ``status``."""
+
+    path: str = "/"
+    status: int = 200
+    port: int | None = None
+    scheme: str = "http"
+    timeout: float = 2.0
+
+    def check(self, service: ServiceHandle) -> None:
+        url = f"{self.scheme}://{service.host}:{service.port_for(self.port)}{self.path}"
+        got = _http_status(url, self.timeout)
+        if got != self.status:
+            raise ProbeFailed(f"GET {url} answered {got}, expected {self.status}")
+
+
+def _http_status(url: str, timeout: float) -> int:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 (http(s) only)
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except (OSError, ValueError) as exc:
+        raise ProbeFailed(f"GET {url} failed: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class LogLine(Probe):
+    """Ready when the service's log has matched ``pattern`` (a regex) ``times`` times."""
+
+    pattern: str
+    times: int = 1
+
+    def check(self, service: ServiceHandle) -> None:
+        found = len(re.findall(self.pattern, service.logs()))
+        if found < self.times:
+            raise ProbeFailed(f"log line /{self.pattern}/ seen {found} of {self.times} times")
+
+
+@dataclass(frozen=True)
+class Command(Probe):
+    """Ready when ``argv`` run inside the service (``docker exec``) exits with ``exit_code``."""
+
+    argv: tuple[str, ...]
+    exit_code: int = 0
+
+    def __init__(self, argv: Sequence[str], exit_code: int = 0) -> None:
+        object.__setattr__(self, "argv", tuple(argv))
+        object.__setattr__(self, "exit_code", exit_code)
+
+    def check(self, service: ServiceHandle) -> None:
+        code, output = service.exec(self.argv)
+        if code != self.exit_code:
+            raise ProbeFailed(f"{' '.join(self.argv)!r} exited {code}: {output.strip()[-300:]}")
+
+
+@dataclass(frozen=True)
+class PostgresQuery(Probe):
+    """Ready when psycopg connects to the target database and ``SELECT 1`` answers."""
+
+    timeout: int = 2
+
+    def check(self, service: ServiceHandle) -> None:
+        import psycopg
+
+        try:
+            with psycopg.connect(service.url, connect_timeout=self.timeout, autocommit=True) as conn:
+                conn.execute("SELECT 1").fetchone()
+        except psycopg.Error as exc:
+            raise ProbeFailed(f"postgres: {_one_line(exc)}") from exc
+
+
+@dataclass(frozen=True)
+class RedisPing(Probe):
+    """Ready when ``PING`` (after ``AUTH`` if there is a password) answers ``PONG``."""
+
+    timeout: float = 1.0
+
+    def check(self, service: ServiceHandle) -> None:
+        import redis
+
+        client = redis.Redis.from_url(
+            service.url, socket_timeout=self.timeout, socket_connect_timeout=self.timeout
+        )
+        try:
+            if not client.ping():
+                raise ProbeFailed("redis: PING did not answer PONG")
+        except redis.RedisError as exc:
+            raise ProbeFailed(f"redis: {_one_line(exc)}") from exc
+        finally:
+            client.close()
+
+
+@dataclass(frozen=True)
+class ElasticsearchHealth(Probe):
+    """Ready when ``GET /_cluster/health?wait_for_status=<status>`` reports that status."""
+
+    status: str = "yellow"
+    timeout: float = 2.0
+
+    def check(self, service: ServiceHandle) -> None:
+        import json
+        import urllib.error
+        import urllib.request
+
+        url = f"{service.url}/_cluster/health?wait_for_status={self.status}&timeout=1s"
+        try:
+            with urllib.request.urlopen(url, timeout=self.timeout) as response:  # noqa: S310
+                body = json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            raise ProbeFailed(f"elasticsearch: GET /_cluster/health answered {exc.code}") from exc
+        except (OSError, ValueError) as exc:
+            raise ProbeFailed(f"elasticsearch: GET /_cluster/health failed: {exc}") from exc
+        if body.get("timed_out") or body.get("status") not in _AT_LEAST[self.status]:
+            raise ProbeFailed(f"elasticsearch: cluster status {body.get('status')!r}, want {self.status!r}")
+
+
+_AT_LEAST = {"green": ("green",), "yellow": ("green", "yellow"), "red": ("green", "yellow", "red")}
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text or type(exc).__name__
+
+
+def wait_until_ready(
+    service: ServiceHandle,
+    probe: Probe,
+    timeout: float,
+    cancel: threading.Event | None = None,
+) -> int:
+    """Retry ``probe`` until it passes; return the number of attempts.
+
+    Polls fast at first (:data:`FIRST_POLL`) and backs off to :data:`MAX_POLL`.
+    Raises :class:`ServiceExited` as soon as the service is seen to have stopped,
+    and the last :class:`ProbeFailed` when ``timeout`` runs out or ``cancel`` is set.
+    """
+    from tenacity import (
+        Retrying,
+        retry_if_exception_type,
+        stop_after_delay,
+        stop_when_event_set,
+        wait_exponential,
+    )
+
+    cancel = cancel or threading.Event()
+    attempts = 0
+
+    def _stopped(state: RetryCallState) -> None:
+        # Checked only after a failed attempt: a running service costs no extra call.
+        exc = state.outcome.exception() if state.outcome else None
+        if isinstance(exc, ProbeFailed):
+            status = service.exit_status()
+            if status is not None:
+                raise ServiceExited(f"exited with status {status} before it was ready; last probe error: {exc}")
+
+    retrying = Retrying(
+        stop=stop_after_delay(timeout) | stop_when_event_set(cancel),
+        wait=wait_exponential(multiplier=FIRST_POLL, min=FIRST_POLL, max=MAX_POLL),
+        retry=retry_if_exception_type(ProbeFailed),
+        after=_stopped,
+        sleep=cancel.wait,
+        reraise=True,
+    )
+    for attempt in retrying:
+        with attempt:
+            attempts += 1
+            probe.check(service)
+    return attempts
