@@ -20,6 +20,7 @@ from .environment import Environment, ServiceTiming, TeardownWarning
 from .errors import (
     BackendUnavailable,
     ConfigurationError,
+    ImageUnavailable,
     ProbeFailed,
     ServiceExited,
     ServiceFailure,
@@ -35,6 +36,7 @@ __all__ = [
     "Elasticsearch",
     "ElasticsearchHandle",
     "Environment",
+    "ImageUnavailable",
     "Postgres",
     "PostgresHandle",
     "ProbeFailed",

@@ -166,7 +166,7 @@ class Service:
     def _resolved(
         self, env: Mapping[str, str], command: tuple[str, ...] | None, secrets: Mapping[str, str] | None = None
     ) -> Resolved:
-        tmpfs = {path: "rw" for path in self.tmpfs}
+        tmpfs = dict.fromkeys(self.tmpfs, "rw")
         return Resolved(self, self.effective_image, self.ports, env, command, secrets or {}, tmpfs)
 
     def handle_class(self) -> type[ServiceHandle]:

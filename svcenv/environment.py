@@ -25,6 +25,7 @@ from .errors import (
     ServiceFailure,
     ServiceNotFound,
     ServiceStartError,
+    SvcenvError,
 )
 from .handles import ElasticsearchHandle, PostgresHandle, RedisHandle, ServiceHandle
 from .probes import wait_until_ready
@@ -155,7 +156,7 @@ class Environment:
             executor = ThreadPoolExecutor(max_workers=max(1, len(self._services)), thread_name_prefix="svcenv")
             try:
                 self._workers = [executor.submit(self._start_one, s) for s in self._services.values()]
-                done, pending = wait(self._workers, return_when=FIRST_EXCEPTION)
+                _done, pending = wait(self._workers, return_when=FIRST_EXCEPTION)
                 if pending:
                     self._cancel.set()
                     wait(pending)
@@ -253,14 +254,16 @@ class Environment:
             except ProbeFailed as exc:
                 if self._cancel.is_set():
                     raise _Cancelled from None
-                raise _Failure(self._failure(service, resolved.image, instance,
-                                             f"not ready within {timeout:g}s; last probe error: {exc}")) from exc
+                raise _Failure(
+                    self._failure(
+                        service, resolved.image, instance, f"not ready within {timeout:g}s; last probe error: {exc}"
+                    )
+                ) from exc
             if self._cancel.is_set():
                 raise _Cancelled
             with self._lock:
                 self._handles[name] = handle
-                self._timings[name] = ServiceTiming(name, backend.name, begin, created, started, self._now(),
-                                                    attempts)
+                self._timings[name] = ServiceTiming(name, backend.name, begin, created, started, self._now(), attempts)
             self._ready[name].set()
         except (_Cancelled, _Failure):
             self._failed.add(name)
@@ -271,8 +274,12 @@ class Environment:
         except Exception as exc:
             self._failed.add(name)
             image = resolved.image if resolved else None
-            what = "could not be created" if instance is None else "could not be started"
-            reason = f"{what}: {' '.join(str(exc).split()) or type(exc).__name__}"
+            said = " ".join(str(exc).split()) or type(exc).__name__
+            reason = (
+                said
+                if isinstance(exc, SvcenvError)
+                else (f"{'could not be created' if instance is None else 'could not be started'}: {said}")
+            )
             raise _Failure(self._failure(service, image, instance, reason)) from exc
         finally:
             if name in self._failed and instance is not None and self._cancel.is_set():
@@ -329,7 +336,8 @@ class Environment:
         return name in self._handles
 
     def __iter__(self) -> Iterator[ServiceHandle]:
-        return iter(list(self._handles.values()))
+        """The running services, in declaration order."""
+        return iter([self._handles[n] for n in self._services if n in self._handles])
 
     @property
     def services(self) -> Mapping[str, Service]:
@@ -338,8 +346,8 @@ class Environment:
 
     @property
     def timings(self) -> Mapping[str, ServiceTiming]:
-        """Per-service start timings of the last ``start()``."""
-        return dict(self._timings)
+        """Per-service start timings of the last ``start()``, in declaration order."""
+        return {n: self._timings[n] for n in self._services if n in self._timings}
 
     @property
     def state(self) -> str:

@@ -25,6 +25,10 @@ class BackendUnavailable(SvcenvError):
     """No backend can run a service on this machine (e.g. no Docker engine answers)."""
 
 
+class ImageUnavailable(SvcenvError):
+    """The image is neither on the Docker engine nor pullable from a registry."""
+
+
 class ProbeFailed(SvcenvError):
     """One readiness probe attempt failed; svcenv retries until the deadline."""
 

@@ -133,7 +133,7 @@ class ServiceHandle:
 class PostgresHandle(ServiceHandle):
     """A running Postgres: ``connect()``, ``url``, ``user``, ``password``, ``dbname``."""
 
-    descriptor: Postgres  # type: ignore[assignment]
+    descriptor: Postgres
 
     @property
     def user(self) -> str:
@@ -186,7 +186,7 @@ class PostgresHandle(ServiceHandle):
 class RedisHandle(ServiceHandle):
     """A running Redis: ``client()``, ``async_client()``, ``url``, ``password``."""
 
-    descriptor: Redis  # type: ignore[assignment]
+    descriptor: Redis
 
     @property
     def password(self) -> str:
@@ -221,16 +221,14 @@ class RedisHandle(ServiceHandle):
 class ElasticsearchHandle(ServiceHandle):
     """A running Elasticsearch: ``client()`` (needs the ``elasticsearch`` extra) and ``url``."""
 
-    descriptor: Elasticsearch  # type: ignore[assignment]
+    descriptor: Elasticsearch
 
     def client(self, **kwargs: Any) -> elasticsearch.Elasticsearch:
         """An :class:`elasticsearch.Elasticsearch` client for this node."""
         try:
             import elasticsearch
         except ImportError as exc:
-            raise ImportError(
-                "the Elasticsearch client is not installed: pip install 'svcenv[elasticsearch]'"
-            ) from exc
+            raise ImportError("the Elasticsearch client is not installed: pip install 'svcenv[elasticsearch]'") from exc
         return elasticsearch.Elasticsearch(self.url, **kwargs)
 
     def conventional_env_vars(self) -> dict[str, str]:

@@ -71,18 +71,30 @@ class AllOf(Probe):
 
 @dataclass(frozen=True)
 class TCP(Probe):
-    """Ready when a TCP connection to the published ``port`` (default: the first) opens."""
+    """Ready when a TCP connection to the published ``port`` (default: the first) opens and stays open.
+
+    Docker's port proxy accepts connections on a published port even when
+    nothing listens behind it, then closes them at once; so a connection that
+    is closed or reset within ``settle`` seconds does not count as ready.
+    """
 
     port: int | None = None
     timeout: float = 1.0
+    settle: float = 0.05
 
     def check(self, service: ServiceHandle) -> None:
         port = service.port_for(self.port)
         try:
-            with socket.create_connection((service.host, port), timeout=self.timeout):
-                pass
+            with socket.create_connection((service.host, port), timeout=self.timeout) as sock:
+                sock.settimeout(self.settle)
+                try:
+                    closed = sock.recv(1) == b""
+                except TimeoutError:
+                    closed = False  # open and silent: the server waits for us to speak
         except OSError as exc:
             raise ProbeFailed(f"TCP connect to {service.host}:{port} failed: {exc}") from exc
+        if closed:
+            raise ProbeFailed(f"TCP {service.host}:{port} accepted and closed at once (nothing listens behind it)")
 
 
 @dataclass(frozen=True)
@@ -170,9 +182,7 @@ class RedisPing(Probe):
     def check(self, service: ServiceHandle) -> None:
         import redis
 
-        client = redis.Redis.from_url(
-            service.url, socket_timeout=self.timeout, socket_connect_timeout=self.timeout
-        )
+        client = redis.Redis.from_url(service.url, socket_timeout=self.timeout, socket_connect_timeout=self.timeout)
         try:
             if not client.ping():
                 raise ProbeFailed("redis: PING did not answer PONG")
@@ -214,6 +224,10 @@ def _one_line(exc: BaseException) -> str:
     return text or type(exc).__name__
 
 
+def _sleep(cancel: threading.Event, seconds: float) -> None:
+    cancel.wait(seconds)  # wakes at once when the start is cancelled
+
+
 def wait_until_ready(
     service: ServiceHandle,
     probe: Probe,
@@ -250,7 +264,7 @@ def wait_until_ready(
         wait=wait_exponential(multiplier=FIRST_POLL, min=FIRST_POLL, max=MAX_POLL),
         retry=retry_if_exception_type(ProbeFailed),
         after=_stopped,
-        sleep=cancel.wait,
+        sleep=lambda seconds: _sleep(cancel, seconds),
         reraise=True,
     )
     for attempt in retrying:

@@ -21,9 +21,9 @@ import ipaddress
 import os
 import urllib.parse
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
-from ..errors import BackendUnavailable
+from ..errors import BackendUnavailable, ImageUnavailable, ServiceExited
 from .base import LABEL_SERVICE, Backend, Instance
 
 if TYPE_CHECKING:
@@ -54,9 +54,9 @@ def engine_host(client: DockerClient) -> str:
     if ssh_host:
         return ssh_host
     url = urllib.parse.urlparse(client.client.api.base_url)
-    if url.scheme in ("http", "https", "tcp") and url.hostname and not _is_loopback(url.hostname):
-        if url.hostname not in ("localnpipe",):
-            return url.hostname
+    remote = url.scheme in ("http", "https", "tcp") and url.hostname not in (None, "localnpipe")
+    if remote and url.hostname and not _is_loopback(url.hostname):
+        return url.hostname
     return "127.0.0.1"
 
 
@@ -82,6 +82,9 @@ class DockerInstance(Instance):
             bindings = published.get(f"{port}/tcp") or []
             if bindings:
                 self.ports[port] = int(bindings[0]["HostPort"])
+        status = self._status()
+        if status is not None:
+            raise ServiceExited(f"exited with status {status} right after it started")
 
     def stop(self) -> None:
         if self._removed:
@@ -105,6 +108,9 @@ class DockerInstance(Instance):
             self._container.reload()
         except docker.errors.NotFound:
             return -1
+        return self._status()
+
+    def _status(self) -> int | None:
         state = self._container.attrs.get("State") or {}
         if state.get("Status") in ("exited", "dead"):
             return int(state.get("ExitCode", -1))
@@ -121,7 +127,7 @@ class DockerInstance(Instance):
 
     def exec(self, argv: list[str]) -> tuple[int, str]:
         code, output = self._container.exec_run(argv)
-        return int(code), bytes(output or b"").decode("utf-8", errors="replace")
+        return int(code if code is not None else -1), cast(bytes, output or b"").decode("utf-8", errors="replace")
 
 
 class DockerBackend(Backend):
@@ -171,21 +177,42 @@ class DockerBackend(Backend):
             return explicit
         return "127.0.0.1" if _is_loopback(self.host) else "0.0.0.0"  # noqa: S104 (remote engine)
 
+    def _ensure_image(self, resolved: Resolved) -> None:
+        import docker.errors
+
+        images = self.client.client.images
+        try:
+            images.get(resolved.image)
+            return
+        except docker.errors.ImageNotFound:
+            pass
+        try:
+            images.pull(resolved.image)
+        except docker.errors.APIError as exc:
+            said = " ".join(str(exc.explanation or exc).split())
+            hint = f"SVCENV_{resolved.service.kind.upper()}_IMAGE" if resolved.service.kind != "service" else "image="
+            raise ImageUnavailable(
+                f"image {resolved.image!r} is not on the engine and could not be pulled ({said}). "
+                f"Build or pull it first, or choose another image with {hint}."
+            ) from exc
+
     def create(self, resolved: Resolved, labels: Mapping[str, str]) -> DockerInstance:
         from testcontainers.core.container import DockerContainer
 
+        self._ensure_image(resolved)
         container = DockerContainer(
             resolved.image,
             # A pinned API version makes the throw-away client open no connection.
             docker_client_kw={"version": self.client.client.api.api_version},
-            command=list(resolved.command) if resolved.command is not None else None,
             env=dict(resolved.env),
         )
+        if resolved.command is not None:
+            container.with_command(list(resolved.command))
         container._docker = self.client  # share one client (and its connection pool)
         bind = self.bind_address
         for port in resolved.ports:
             # docker-py takes (host_ip,) as "this interface, any free port".
-            container.ports[f"{port}/tcp"] = (bind,)
+            container.ports[f"{port}/tcp"] = cast(Any, (bind,))
         for path in resolved.tmpfs:
             container.with_tmpfs_mount(path)
         env_id = labels.get("svcenv.environment", "x")
@@ -209,7 +236,7 @@ class DockerBackend(Backend):
             return 0
         import docker.errors
 
-        filters = {"label": [f"{k}={v}" for k, v in labels.items()]}
+        filters: dict[str, str | list[str] | bool] = {"label": [f"{k}={v}" for k, v in labels.items()]}
         removed = 0
         for container in self.client.client.containers.list(all=True, filters=filters):
             try:

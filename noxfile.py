@@ -1,0 +1,44 @@
+"""Sessions: ``tests`` (the suite, on real services), ``lint`` (ruff + mypy), ``bench`` (benchmarks)."""
+
+from __future__ import annotations
+
+import os
+
+import nox
+
+nox.options.sessions = ["lint", "tests"]
+nox.options.reuse_existing_virtualenvs = True
+
+TEST_IMAGES = {
+    "SVCENV_POSTGRES_IMAGE": "svcenv-test/postgres:15",
+    "SVCENV_REDIS_IMAGE": "svcenv-test/redis:7",
+    "SVCENV_ELASTICSEARCH_IMAGE": "svcenv-test/es-standin:8",
+}
+
+
+def _image_env() -> dict[str, str]:
+    return {key: os.environ.get(key, default) for key, default in TEST_IMAGES.items()}
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """The whole suite against real services (needs the engine and images `.ci/dev` provisions)."""
+    session.install("-e", ".[test]")
+    session.run("pytest", *(session.posargs or ["-n", "2", "--dist", "loadfile"]), env=_image_env())
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff (lint + format check) and mypy --strict on the package."""
+    session.install("-e", ".[lint]")
+    session.run("ruff", "check", "svcenv", "tests", "benchmarks", "examples", "noxfile.py")
+    session.run("mypy")
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Start-up benchmarks: svcenv vs testcontainers vs the raw floor (prints a table, writes JSON)."""
+    session.install("-e", ".[test]")
+    scripts = session.posargs or ["benchmarks/startup.py"]
+    for script in scripts:
+        session.run("python", script, env=_image_env())

@@ -1,0 +1,111 @@
+"""``python -m svcenv``: start services for a shell or another program.
+
+Exit codes: 0 success (``up`` stopped by Ctrl-C/SIGTERM counts as success),
+1 a service failed to start or no backend is available, 2 bad usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from types import FrameType
+
+from .descriptors import Elasticsearch, Postgres, Redis, Service
+from .environment import Environment
+from .errors import ConfigurationError, SvcenvError
+
+KINDS: dict[str, Callable[[], Service]] = {"postgres": Postgres, "redis": Redis, "elasticsearch": Elasticsearch}
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+class _Terminated(Exception):
+    """SIGTERM arrived: leave like Ctrl-C, tearing everything down."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m svcenv", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    up = commands.add_parser(
+        "up",
+        help="start services, print how to reach them, stay up until Ctrl-C",
+        description="Start services in parallel, print their variables as dotenv lines on stdout "
+        "(progress goes to stderr), and keep them up until Ctrl-C or SIGTERM, then remove them.",
+    )
+    up.add_argument("services", nargs="*", metavar="SERVICE", help=f"one of {', '.join(KINDS)} (default: all)")
+    up.add_argument("--backend", default="docker", help="where services run (default: docker)")
+    up.add_argument("--timeout", type=float, default=None, help="seconds each service gets to become ready")
+    return parser
+
+
+def _services(names: Sequence[str]) -> list[Service]:
+    unknown = [n for n in names if n not in KINDS]
+    if unknown:
+        raise _UsageError(f"unknown service {', '.join(map(repr, unknown))}; known services: {', '.join(KINDS)}")
+    return [KINDS[name]() for name in dict.fromkeys(names or KINDS)]
+
+
+class _UsageError(Exception):
+    pass
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise _Terminated
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    """Start, print dotenv lines, wait for Ctrl-C/SIGTERM, tear down."""
+    services = _services(args.services)
+    env = Environment(*services, backend=args.backend, timeout=args.timeout)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _on_sigterm)
+    names = ", ".join(s.name for s in services)
+    print(f"svcenv: starting {names} ({args.backend}) ...", file=sys.stderr, flush=True)
+    started = time.monotonic()
+    try:
+        env.start()
+        for name, timing in env.timings.items():
+            handle = env[name]
+            print(
+                f"svcenv: {name:<14} ready in {timing.total_s:5.2f}s  {handle.host}:{handle.port}  ({handle.backend})",
+                file=sys.stderr,
+            )
+        print(f"svcenv: all ready in {time.monotonic() - started:.2f}s; environment {env.id}", file=sys.stderr)
+        for key, value in env.env_vars().items():
+            print(f"{key}={value}")
+        sys.stdout.flush()
+        print("svcenv: press Ctrl-C to stop and remove them", file=sys.stderr, flush=True)
+        while True:
+            time.sleep(3600)
+    except (KeyboardInterrupt, _Terminated):
+        print("\nsvcenv: stopping ...", file=sys.stderr, flush=True)
+        return EXIT_OK
+    finally:
+        env.stop()
+        if env.state == "stopped":
+            print("svcenv: stopped; nothing left running", file=sys.stderr, flush=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit code."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        return cmd_up(args)
+    except (_UsageError, ConfigurationError) as exc:
+        parser.print_usage(sys.stderr)
+        print(f"svcenv: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except SvcenvError as exc:
+        if args.debug:
+            raise
+        print(f"svcenv: error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

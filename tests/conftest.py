@@ -1,0 +1,91 @@
+"""Shared test infrastructure: a real Docker engine, real images, leftover counting.
+
+Tests that need Docker take the ``docker_engine`` fixture. Without an engine (or
+without the test images) they are skipped on a developer machine and FAIL under
+``CI=true``: CI must never pass by skipping what it was meant to test.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+IMAGES = {
+    "SVCENV_POSTGRES_IMAGE": "svcenv-test/postgres:15",
+    "SVCENV_REDIS_IMAGE": "svcenv-test/redis:7",
+    "SVCENV_ELASTICSEARCH_IMAGE": "svcenv-test/es-standin:8",
+}
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def need(reason: str) -> None:
+    """Skip locally, fail in CI: the one rule for a missing service."""
+    if IN_CI:
+        pytest.fail(f"CI=true and {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+def docker(*args: str) -> str:
+    """Run the docker CLI (inspection only) and return its stdout."""
+    return subprocess.run(["docker", *args], check=True, capture_output=True, text=True, timeout=60).stdout
+
+
+def containers(label: str = "svcenv.environment") -> list[str]:
+    """Ids of all containers (running or not) that carry ``label`` (``key`` or ``key=value``)."""
+    return docker("ps", "-aq", "--filter", f"label={label}").split()
+
+
+def dangling_volumes() -> set[str]:
+    return set(docker("volume", "ls", "-qf", "dangling=true").split())
+
+
+@pytest.fixture(scope="session")
+def docker_engine() -> Iterator[None]:
+    """A reachable Docker engine with the test images; the image env vars point at them."""
+    try:
+        import docker as docker_sdk
+
+        client = docker_sdk.from_env()
+        client.ping()
+    except Exception as exc:
+        need(f"no Docker engine answers ({exc}); run `bash .ci/dev test` to provision one")
+    missing = []
+    for var, default in IMAGES.items():
+        image = os.environ.setdefault(var, default)
+        try:
+            client.images.get(image)
+        except Exception:
+            missing.append(image)
+    client.close()
+    if missing:
+        need(f"test images missing: {missing}; build them with `bash tests/images/build.sh`")
+    return
+
+
+class LeakCheck:
+    """A label unique to one test; every environment of the test carries it."""
+
+    def __init__(self) -> None:
+        self.token = uuid.uuid4().hex[:12]
+        self.labels = {"svcenv.test": self.token}
+        self.volumes_before = dangling_volumes()
+
+    def leftovers(self) -> list[str]:
+        return containers(f"svcenv.test={self.token}")
+
+    def assert_clean(self) -> None:
+        assert self.leftovers() == [], "svcenv containers leaked"
+        leaked_volumes = dangling_volumes() - self.volumes_before
+        assert not leaked_volumes, f"anonymous volumes leaked: {leaked_volumes}"
+
+
+@pytest.fixture
+def leaks(docker_engine: None) -> Iterator[LeakCheck]:
+    """Pass ``labels=leaks.labels`` to environments; the test fails if any container or volume is left."""
+    check = LeakCheck()
+    yield check
+    check.assert_clean()
