@@ -31,7 +31,9 @@ def tests(session: nox.Session) -> None:
 def lint(session: nox.Session) -> None:
     """ruff (lint + format check) and mypy --strict on the package."""
     session.install("-e", ".[lint]")
-    session.run("ruff", "check", "svcenv", "tests", "benchmarks", "examples", "noxfile.py")
+    paths = [p for p in ("svcenv", "tests", "benchmarks", "examples", "noxfile.py") if os.path.exists(p)]
+    session.run("ruff", "check", *paths)
+    session.run("ruff", "format", "--check", *paths)
     session.run("mypy")
 
 

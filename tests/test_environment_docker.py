@@ -259,3 +259,56 @@ def test_ctrl_c_during_start_leaves_nothing(docker_engine: None, tmp_path: objec
     assert proc.returncode == 130
     assert "interrupted" in out
     assert containers(f"svcenv.test={token}") == []
+
+
+def test_async_twins(leaks: LeakCheck) -> None:
+    import asyncio
+
+    pg, rd = Postgres(), Redis()
+
+    async def use(env: Environment) -> tuple[object, object]:
+        conn = await env[pg].connect_async()
+        async with conn:
+            row = await (await conn.execute("SELECT 40 + 2")).fetchone()
+        client = env[rd].async_client()
+        await client.set("k", "v")
+        value = await client.get("k")
+        await client.aclose()
+        return row, value
+
+    with Environment(pg, rd, labels=leaks.labels) as env:
+        assert asyncio.run(use(env)) == ((42,), b"v")
+
+
+def test_generic_service_with_composed_probes(leaks: LeakCheck) -> None:
+    from svcenv.probes import Command
+
+    image = os.environ["SVCENV_REDIS_IMAGE"]
+    cache = Service(
+        "cache",
+        image=image,
+        ports=(6379,),
+        command=("redis-server", "--save", ""),
+        probe=TCP() & LogLine("Ready to accept connections") & Command(["redis-cli", "ping"]),
+    )
+    search = Service(
+        "search",
+        image=os.environ["SVCENV_ELASTICSEARCH_IMAGE"],
+        ports=(9200,),
+        env={"discovery.type": "single-node", "xpack.security.enabled": "false", "STANDIN_STARTUP_DELAY": "0.5"},
+        probe=HTTP("/_cluster/health"),
+        scheme="http",
+    )
+    with Environment(cache, search, labels=leaks.labels) as env:
+        assert redis.Redis(port=env[cache].port).ping()
+        assert env[search].url == f"http://127.0.0.1:{env[search].port}"
+        assert env[cache].exec(["redis-cli", "ping"]) == (0, "PONG\n")
+        assert "Ready to accept connections" in env[cache].logs(tail=5)
+        assert env.env_vars()["SEARCH_URL"] == env[search].url
+
+
+def test_es_descriptor_defaults_matter(leaks: LeakCheck) -> None:
+    """The stand-in keeps the cluster red without single-node discovery, as a lone real node would."""
+    lonely = Elasticsearch(env={"discovery.type": "multi-node", "STANDIN_STARTUP_DELAY": "0"}, timeout=3)
+    with pytest.raises(ServiceStartError, match=r"cluster status 'red'|answered 408"):
+        Environment(lonely, labels=leaks.labels).start()
