@@ -10,13 +10,20 @@ import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import TracebackType
-from typing import TYPE_CHECKING, TypeVar, overload
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from ._version import __version__
 from .backends import get_backend
-from .backends.base import LABEL_ENVIRONMENT, LABEL_OWNER_PID, LABEL_VERSION, Backend, Instance
+from .backends.base import (
+    LABEL_ENVIRONMENT,
+    LABEL_OWNER_PID,
+    LABEL_VERSION,
+    AttachedInstance,
+    Backend,
+    Instance,
+)
 from .descriptors import Elasticsearch, Postgres, Redis, Service
 from .errors import (
     ConfigurationError,
@@ -142,6 +149,7 @@ class Environment:
         self._failed: set[str] = set()
         self._workers: list[Future[None]] = []
         self._state = "new"
+        self._attached = False
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -179,6 +187,10 @@ class Environment:
     def stop(self) -> None:
         """Remove every service, in parallel and bounded in time. Safe to call again."""
         if self._state in ("stopped", "stopping"):
+            return
+        if self._attached:
+            self._handles.clear()
+            self._state = "stopped"
             return
         self._state = "stopping"
         self._cancel.set()
@@ -374,6 +386,50 @@ class Environment:
         for handle in primary.values():
             variables.update(handle.conventional_env_vars())
         return variables
+
+    def snapshot(self) -> dict[str, Any]:
+        """A JSON-able description of the running services, secrets included, for :meth:`attach`.
+
+        Whoever stores it must protect it as a secret (svcenv writes such files with mode 0600).
+        """
+        services = {}
+        for handle in self:
+            services[handle.name] = {
+                "backend": handle.backend,
+                "id": handle.id,
+                "host": handle.host,
+                "image": handle.image,
+                "ports": {str(k): v for k, v in handle.ports.items()},
+                "secrets": dict(handle._resolved.secrets),
+            }
+        return {"id": self.id, "owner_pid": os.getpid(), "version": __version__, "services": services}
+
+    @classmethod
+    def attach(cls, snapshot: Mapping[str, Any], *services: Service) -> Environment:
+        """An environment for services another process runs (described by its ``snapshot()``).
+
+        ``services`` are the same descriptors the owner used; ``stop()`` on the
+        attached environment leaves the services running.
+        """
+        env = cls(*services)
+        env.id = str(snapshot["id"])
+        env.labels[LABEL_ENVIRONMENT] = env.id
+        for service in services:
+            entry = snapshot["services"].get(service.name)
+            if entry is None:
+                raise ServiceNotFound(f"environment {env.id} runs {sorted(snapshot['services'])}, not {service.name!r}")
+            resolved = replace(service.resolve(), image=entry["image"], secrets=dict(entry["secrets"]))
+            ports = {int(k): int(v) for k, v in entry["ports"].items()}
+            instance = AttachedInstance(entry["backend"], entry["id"], entry["host"], ports)
+            env._handles[service.name] = service.handle_class()(resolved, instance)
+        env._state = "running"
+        env._attached = True
+        return env
+
+    @property
+    def attached(self) -> bool:
+        """True if another process owns these services (see :meth:`attach`)."""
+        return self._attached
 
     def __repr__(self) -> str:
         return f"<Environment {self.id} {self._state} services={list(self._services)}>"

@@ -14,6 +14,8 @@ from collections.abc import Iterator
 
 import pytest
 
+pytest_plugins = ["pytester"]
+
 IMAGES = {
     "SVCENV_POSTGRES_IMAGE": "svcenv-test/postgres:15",
     "SVCENV_REDIS_IMAGE": "svcenv-test/redis:7",

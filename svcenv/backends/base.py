@@ -45,6 +45,28 @@ class Instance(ABC):
         raise NotImplementedError(f"the {self.backend} backend cannot run commands inside a service")
 
 
+class AttachedInstance(Instance):
+    """A service another process owns, known from an environment snapshot. Never stopped from here."""
+
+    def __init__(self, backend: str, id: str, host: str, ports: Mapping[int, int]) -> None:  # noqa: A002
+        self.backend = backend
+        self.id = id
+        self.host = host
+        self.ports = dict(ports)
+
+    def start(self) -> None:
+        """Nothing to start: the owner started it."""
+
+    def stop(self) -> None:
+        """Nothing to stop: the owner removes it."""
+
+    def exit_status(self) -> int | None:
+        return None
+
+    def logs(self, tail: int | None = None) -> str:
+        return f"(the log of {self.backend} service {self.id} is kept by the process that owns it)"
+
+
 class Backend(ABC):
     """Runs services. One backend object serves one environment."""
 

@@ -1,0 +1,241 @@
+"""Per-test isolation: a fresh database per test, rollback, a clean Redis db, an ES prefix.
+
+These are the runner-independent pieces behind the pytest fixtures and the
+unittest helpers:
+
+* :class:`PostgresTemplate`: pytest-postgresql's janitor idea. A template
+  database is built once (after a setup hook runs migrations or loads seed
+  data), and each test gets ``CREATE DATABASE … TEMPLATE …``, dropped afterwards
+  with its connections terminated.
+* :func:`rollback_connection`: one connection inside a transaction that is
+  rolled back at the end. ``commit()`` and ``rollback()`` by the code under test
+  act on a savepoint, so even committing code stays isolated. It does not fit
+  code that opens its own connections or uses a pool: those see nothing of the
+  test's transaction. Use a fresh database there.
+* :func:`redis_db_for_worker` / :func:`flush_redis`: a logical database per
+  xdist worker and ``FLUSHDB``, never ``FLUSHALL``.
+* :func:`delete_indices`: removes the indices under a per-test prefix by name
+  (Elasticsearch 8 refuses wildcard deletes by default).
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import re
+import secrets
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeAlias
+
+from .errors import ConfigurationError
+
+if TYPE_CHECKING:
+    import elasticsearch
+    import psycopg
+    import redis
+
+    from .handles import PostgresHandle
+
+__all__ = [
+    "PostgresTemplate",
+    "Setup",
+    "delete_indices",
+    "flush_redis",
+    "redis_db_for_worker",
+    "rollback_connection",
+    "worker_id",
+]
+
+Setup: TypeAlias = "Callable[[psycopg.Connection[Any]], None] | str | Path | None"
+"""How a template is prepared: a callable given a connection, a ``.sql`` file, SQL text, or
+``"package.module:function"``."""
+
+
+def worker_id() -> str:
+    """The pytest-xdist worker id (``gw0``, ...) or ``main`` outside xdist."""
+    return os.environ.get("PYTEST_XDIST_WORKER", "main")
+
+
+def _ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _load_callable(spec: str) -> Callable[[psycopg.Connection[Any]], None]:
+    import importlib
+
+    module_name, _, attr = spec.partition(":")
+    try:
+        target: Any = importlib.import_module(module_name)
+        for part in attr.split("."):
+            target = getattr(target, part)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigurationError(f"postgres template setup {spec!r} cannot be imported: {exc}") from exc
+    if not callable(target):
+        raise ConfigurationError(f"postgres template setup {spec!r} is not callable")
+    return target  # type: ignore[no-any-return]
+
+
+def run_setup(conn: psycopg.Connection[Any], setup: Setup) -> None:
+    """Apply ``setup`` (callable, SQL file, SQL text or ``module:function``) on ``conn``."""
+    if setup is None:
+        return
+    if callable(setup):
+        setup(conn)
+        return
+    text = str(setup)
+    path = Path(text)
+    if isinstance(setup, Path) or (text.endswith(".sql") and "\n" not in text):
+        if not path.is_file():
+            raise ConfigurationError(f"postgres template setup file {text!r} does not exist")
+        conn.execute(path.read_text(encoding="utf-8").encode())
+    elif re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*", text):
+        _load_callable(text)(conn)
+    else:
+        conn.execute(text.encode())
+
+
+class PostgresTemplate:
+    """A template database built once, cloned into a fresh database per test.
+
+    ::
+
+        template = PostgresTemplate(env[postgres], setup="schema.sql")
+        with template.fresh_database() as dbname:
+            with env[postgres].connect(dbname) as conn: ...
+
+    Names carry a random token, so several processes (xdist workers, parallel
+    sessions) can share one server without colliding.
+    """
+
+    def __init__(self, handle: PostgresHandle, setup: Setup = None, name: str | None = None) -> None:
+        self.handle = handle
+        self.setup = setup
+        self.token = secrets.token_hex(3)
+        self.name = name or f"svcenv_tpl_{self.token}"
+        self._counter = itertools.count(1)
+        self._admin: psycopg.Connection[Any] | None = None
+        self._lock = threading.Lock()
+        self._built = False
+
+    def _conn(self) -> psycopg.Connection[Any]:
+        if self._admin is None or self._admin.closed:
+            self._admin = self.handle.connect(autocommit=True)
+        return self._admin
+
+    def build(self) -> None:
+        """Create the template and run the setup hook in it (once)."""
+        if self._built:
+            return
+        with self._lock:
+            if self._built:
+                return
+            self._conn().execute(f"CREATE DATABASE {_ident(self.name)}".encode())
+            with self.handle.connect(self.name) as conn:
+                run_setup(conn, self.setup)
+                conn.commit()
+            # No one may connect to the template any more: CREATE DATABASE … TEMPLATE requires that.
+            self._conn().execute(f"ALTER DATABASE {_ident(self.name)} WITH ALLOW_CONNECTIONS false".encode())
+            self._built = True
+
+    def clone(self) -> str:
+        """Create a new database from the template; return its name."""
+        self.build()
+        name = f"svcenv_t_{self.token}_{next(self._counter)}"
+        with self._lock:
+            self._conn().execute(f"CREATE DATABASE {_ident(name)} TEMPLATE {_ident(self.name)}".encode())
+        return name
+
+    def drop(self, name: str) -> None:
+        """Drop a database, terminating its connections first."""
+        with self._lock:
+            self._conn().execute(f"DROP DATABASE IF EXISTS {_ident(name)} WITH (FORCE)".encode())
+
+    @contextmanager
+    def fresh_database(self) -> Iterator[str]:
+        """A fresh clone for the block; dropped afterwards even if the block fails."""
+        name = self.clone()
+        try:
+            yield name
+        finally:
+            self.drop(name)
+
+    def destroy(self) -> None:
+        """Drop the template (and close the admin connection)."""
+        if self._built:
+            self.drop(self.name)
+            self._built = False
+        if self._admin is not None:
+            self._admin.close()
+            self._admin = None
+
+
+_SAVEPOINT = "svcenv_test"
+_savepoint_class: type[Any] | None = None
+
+
+def _savepoint_connection_class() -> type[psycopg.Connection[Any]]:
+    global _savepoint_class
+    if _savepoint_class is None:
+        import psycopg
+
+        class SavepointConnection(psycopg.Connection[Any]):
+            """commit()/rollback() act on a savepoint; the outer transaction is rolled back at the end."""
+
+            def commit(self) -> None:
+                self.execute(f"RELEASE SAVEPOINT {_SAVEPOINT}; SAVEPOINT {_SAVEPOINT}".encode())
+
+            def rollback(self) -> None:
+                self.execute(f"ROLLBACK TO SAVEPOINT {_SAVEPOINT}".encode())
+
+            def _svcenv_rollback_all(self) -> None:
+                psycopg.Connection.rollback(self)
+
+        _savepoint_class = SavepointConnection
+    return _savepoint_class
+
+
+@contextmanager
+def rollback_connection(handle: PostgresHandle, dbname: str | None = None) -> Iterator[psycopg.Connection[Any]]:
+    """A connection whose work is rolled back when the block ends, commits included."""
+    conn = _savepoint_connection_class().connect(handle.url_for(dbname or handle.dbname))
+    try:
+        conn.execute(f"SAVEPOINT {_SAVEPOINT}".encode())  # opens the outer transaction too
+        yield conn
+    finally:
+        try:
+            if not conn.closed:
+                conn._svcenv_rollback_all()  # type: ignore[attr-defined]
+        finally:
+            conn.close()
+
+
+def redis_db_for_worker(worker: str | None = None, databases: int = 16) -> int:
+    """Logical db for an xdist worker: ``main``/``gw0`` -> 1, ``gw1`` -> 2, ... (0 is left to the app)."""
+    worker = worker or worker_id()
+    match = re.fullmatch(r"gw(\d+)", worker)
+    index = int(match.group(1)) + 1 if match else 1
+    if index >= databases:
+        raise ConfigurationError(
+            f"redis has {databases} logical databases, not enough for xdist worker {worker}; "
+            "run fewer workers or raise redis' `databases` setting"
+        )
+    return index
+
+
+def flush_redis(client: redis.Redis) -> None:
+    """``FLUSHDB`` on the client's own logical database (never ``FLUSHALL``)."""
+    client.flushdb()
+
+
+def delete_indices(client: elasticsearch.Elasticsearch, prefix: str) -> list[str]:
+    """Delete every index whose name starts with ``prefix``; return their names."""
+    if not prefix or "*" in prefix:
+        raise ConfigurationError(f"index prefix {prefix!r} must be non-empty and without '*'")
+    found = client.indices.get(index=f"{prefix}*", expand_wildcards="all", allow_no_indices=True)
+    names = sorted(found.body if hasattr(found, "body") else found)
+    if names:
+        client.indices.delete(index=",".join(names))
+    return names

@@ -1,0 +1,225 @@
+"""The pytest plugin, exercised the way users run it: pytest in a subprocess, real services."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+from .conftest import containers
+
+pytestmark = pytest.mark.docker
+
+ISOLATION_TESTS = """
+import json, os, pathlib
+import pytest
+
+OUT = pathlib.Path(os.environ["SVCENV_TEST_OUT"])
+
+def record(name, value):
+    with open(OUT / f"{name}.{os.getpid()}.json", "a") as f:
+        f.write(json.dumps(value) + "\\n")
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_fresh_database(postgres_connection, n):
+    # Each test gets its own database: a table created by an earlier test is never there.
+    exists = postgres_connection.execute("SELECT to_regclass('public.notes') IS NOT NULL").fetchone()[0]
+    assert not exists
+    assert postgres_connection.execute("SELECT count(*) FROM seeded").fetchone() == (1,)
+    postgres_connection.execute("CREATE TABLE notes (body text)")
+    postgres_connection.execute("INSERT INTO notes VALUES ('x')")
+    postgres_connection.commit()
+    record("fresh", postgres_connection.info.dbname)
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_transaction_rollback_even_after_commit(postgres_transaction, n):
+    conn = postgres_transaction
+    assert conn.execute("SELECT count(*) FROM seeded").fetchone() == (1,)
+    conn.execute("INSERT INTO seeded VALUES ('from test')")
+    conn.commit()  # code under test commits: still isolated
+    assert conn.execute("SELECT count(*) FROM seeded").fetchone() == (2,)
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_redis_is_clean(redis_client, n):
+    assert redis_client.dbsize() == 0
+    redis_client.set("left-behind", "1")
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_es_prefix_is_clean(elasticsearch_client, elasticsearch_prefix, n):
+    assert elasticsearch_client.indices.get(index=elasticsearch_prefix + "*") == {}
+    elasticsearch_client.indices.create(index=elasticsearch_prefix + "books")
+    assert elasticsearch_client.indices.exists(index=elasticsearch_prefix + "books")
+
+def test_env_vars_point_at_the_tests_own_database(postgres_connection, svcenv_env_vars):
+    import psycopg
+    assert os.environ["DATABASE_URL"] == svcenv_env_vars["DATABASE_URL"]
+    with psycopg.connect(os.environ["DATABASE_URL"]) as other:
+        assert other.info.dbname == postgres_connection.info.dbname
+
+def test_failing_test_still_drops_its_database(postgres_connection):
+    record("failed", postgres_connection.info.dbname)
+    assert False, "this test fails on purpose"
+
+def test_zz_failed_database_was_dropped(postgres_service):
+    failed = [json.loads(l) for p in OUT.glob("failed.*.json") for l in p.read_text().splitlines()]
+    with postgres_service.connect() as conn:
+        names = {r[0] for r in conn.execute("SELECT datname FROM pg_database").fetchall()}
+    assert failed and not set(failed) & names
+"""
+
+SEED_SQL = "CREATE TABLE seeded (body text); INSERT INTO seeded VALUES ('seed');"
+
+REVERSIBLE_CONFTEST = """
+import os
+def pytest_collection_modifyitems(items):
+    # Reverse the order, but keep the after-the-fact check (test_zz_...) last.
+    if os.environ.get("REVERSE"):
+        checks = [i for i in items if "test_zz_" in i.name]
+        items[:] = [i for i in reversed(items) if i not in checks] + checks
+"""
+
+
+def _ini(pytester: pytest.Pytester, extra: str = "") -> None:
+    pytester.makeini(f"[pytest]\nsvcenv_postgres_setup = seed.sql\n{extra}")
+    pytester.makefile(".sql", seed=SEED_SQL)
+
+
+def _env_id(output: str) -> str:
+    match = re.search(r"environment ([0-9a-f]{12}):", output)
+    assert match, output
+    return match.group(1)
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_isolation_holds_in_any_order(
+    pytester: pytest.Pytester, docker_engine: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, reverse: bool
+) -> None:
+    _ini(pytester)
+    pytester.makeconftest(REVERSIBLE_CONFTEST)
+    pytester.makepyfile(test_isolation=ISOLATION_TESTS)
+    monkeypatch.setenv("SVCENV_TEST_OUT", str(tmp_path))
+    if reverse:
+        monkeypatch.setenv("REVERSE", "1")
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-rA")
+    result.assert_outcomes(passed=10, failed=1)  # the same in both orders
+    result.stdout.fnmatch_lines(["*test_failing_test_still_drops_its_database*"])
+    fresh = [json.loads(line) for p in tmp_path.glob("fresh.*.json") for line in p.read_text().splitlines()]
+    assert len(fresh) == len(set(fresh)) == 2  # a new database per test
+    assert containers(f"svcenv.environment={_env_id(result.stdout.str())}") == []
+
+
+def test_xdist_workers_share_one_environment_and_see_only_their_own_data(
+    pytester: pytest.Pytester, docker_engine: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _ini(pytester)
+    pytester.makepyfile(
+        test_workers="""
+        import json, os, pathlib, time
+        import pytest
+
+        OUT = pathlib.Path(os.environ["SVCENV_TEST_OUT"])
+
+        @pytest.mark.parametrize("n", range(6))
+        def test_worker(svcenv, redis_client, postgres_connection, n):
+            worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+            redis_client.set(f"mine-{worker}", worker)
+            time.sleep(0.2)
+            assert [k.decode() for k in redis_client.keys("mine-*")] == [f"mine-{worker}"]
+            ids = sorted(h.id for h in svcenv)
+            with open(OUT / f"{worker}.{n}.json", "w") as f:
+                json.dump({"env": svcenv.id, "containers": ids, "db": postgres_connection.info.dbname,
+                           "attached": svcenv.attached}, f)
+        """
+    )
+    monkeypatch.setenv("SVCENV_TEST_OUT", str(tmp_path))
+    result = pytester.runpytest_subprocess("-n", "2", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=6)
+    records = [json.loads(p.read_text()) for p in tmp_path.glob("*.json")]
+    workers = {p.name.split(".")[0] for p in tmp_path.glob("*.json")}
+    assert workers == {"gw0", "gw1"}, "both workers must have run tests"
+    assert len({r["env"] for r in records}) == 1, "one environment for the whole run"
+    assert len({tuple(r["containers"]) for r in records}) == 1
+    assert {r["attached"] for r in records} == {True, False}  # one owner, one attached
+    assert len({r["db"] for r in records}) == 6
+    assert containers(f"svcenv.environment={records[0]['env']}") == []
+
+
+def test_services_start_lazily(pytester: pytest.Pytester, docker_engine: None) -> None:
+    pytester.makepyfile(
+        test_lazy="""
+        def test_plain():
+            assert 1 + 1 == 2
+
+        def test_needs_redis(redis_client):
+            assert redis_client.ping()
+        """
+    )
+    result = pytester.runpytest_subprocess("-k", "plain", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1, deselected=1)
+    assert re.search(r"environment [0-9a-f]{12}:", result.stdout.str()) is None, "nothing may start"
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=2)
+    env_id = _env_id(result.stdout.str())
+    summary = next(line for line in result.outlines if f"environment {env_id}:" in line)
+    assert "redis" in summary
+    assert "postgres" not in summary  # only what the selected tests needed
+    assert containers(f"svcenv.environment={env_id}") == []
+
+
+@pytest.mark.parametrize(("ci", "outcome"), [("", "skipped"), ("true", "errors")])
+def test_marker_skips_locally_and_fails_in_ci(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, ci: str, outcome: str
+) -> None:
+    pytester.makepyfile(
+        test_marked="""
+        import pytest
+
+        @pytest.mark.svcenv("postgres")
+        def test_needs_postgres(svcenv):
+            assert "postgres" in svcenv
+        """
+    )
+    monkeypatch.setenv("CI", ci)
+    monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/docker.sock")  # no engine answers here
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-rs")
+    result.assert_outcomes(**{outcome: 1})
+    result.stdout.fnmatch_lines(["*no Docker engine answers*"])
+
+
+def test_environment_fixture_declares_custom_descriptors(pytester: pytest.Pytester, docker_engine: None) -> None:
+    pytester.makeconftest(
+        """
+        from svcenv import Postgres
+        from svcenv.pytest import environment_fixture
+
+        svcenv = environment_fixture(Postgres(), Postgres(name="replica", dbname="reports"))
+        """
+    )
+    pytester.makepyfile(
+        test_custom="""
+        def test_two_postgres(svcenv, postgres_service):
+            assert postgres_service is svcenv["postgres"]
+            with svcenv["replica"].connect() as conn:
+                assert conn.execute("SELECT current_database()").fetchone() == ("reports",)
+        """
+    )
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1)
+    assert containers(f"svcenv.environment={_env_id(result.stdout.str())}") == []
+
+
+def test_keep_leaves_services_running(pytester: pytest.Pytester, docker_engine: None) -> None:
+    pytester.makepyfile(test_keep="def test_it(redis_client):\n    redis_client.set('k', 'v')\n")
+    result = pytester.runpytest_subprocess("--svcenv-keep", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1)
+    env_id = _env_id(result.stdout.str())
+    try:
+        assert len(containers(f"svcenv.environment={env_id}")) == 1
+        result.stdout.fnmatch_lines(["*--svcenv-keep: environment * is still running*docker rm -fv*"])
+    finally:
+        ids = containers(f"svcenv.environment={env_id}")
+        if ids:
+            os.system(f"docker rm -fv {' '.join(ids)} >/dev/null")  # noqa: S605
