@@ -24,6 +24,13 @@ if TYPE_CHECKING:
 
 __all__ = ["Elasticsearch", "Postgres", "Redis", "Service", "generate_password"]
 
+TEST_TUNED_SETTINGS: Mapping[str, str] = {
+    "fsync": "off",
+    "synchronous_commit": "off",
+    "full_page_writes": "off",
+}
+"""Postgres settings for servers svcenv owns: speed over crash safety (the server is thrown away)."""
+
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
 
 
@@ -187,7 +194,11 @@ class Postgres(Service):
 
     ``user``/``password``/``dbname`` become ``POSTGRES_USER``/``POSTGRES_PASSWORD``/
     ``POSTGRES_DB``; the password is generated per environment unless given.
-    ``settings`` are server options passed as ``-c key=value``.
+    ``settings`` are server options passed as ``-c key=value``. Servers svcenv
+    creates are tuned for tests unless ``tuned=False``: :data:`TEST_TUNED_SETTINGS`
+    (no fsync, no synchronous commit, no full-page writes) trade crash safety,
+    which a throw-away test server does not need, for speed. ``settings`` win
+    over them. Services of the external backend are never changed.
     Ready when psycopg connects to ``dbname`` and ``SELECT 1`` answers.
     """
 
@@ -198,6 +209,7 @@ class Postgres(Service):
     password: str | None = field(default=None, repr=False)
     dbname: str = "test"
     settings: Mapping[str, str] = field(default_factory=FrozenMap)
+    tuned: bool = True
 
     kind: ClassVar[str] = "postgres"
     default_image: ClassVar[str | None] = "postgres:16-alpine"
@@ -212,12 +224,18 @@ class Postgres(Service):
     def readiness_probe(self) -> Probe:
         return self.probe or PostgresQuery()
 
+    @property
+    def server_settings(self) -> dict[str, str]:
+        """The ``-c`` options for a server svcenv creates: tuned defaults, then ``settings``."""
+        return {**(TEST_TUNED_SETTINGS if self.tuned else {}), **self.settings}
+
     def resolve(self) -> Resolved:
         password = self.password or generate_password()
         env = _env_with(self.env, POSTGRES_USER=self.user, POSTGRES_PASSWORD=password, POSTGRES_DB=self.dbname)
         command = self.command
-        if command is None and self.settings:
-            command = ("postgres", *(arg for k, v in self.settings.items() for arg in ("-c", f"{k}={v}")))
+        settings = self.server_settings
+        if command is None and settings:
+            command = ("postgres", *(arg for k, v in settings.items() for arg in ("-c", f"{k}={v}")))
         return self._resolved(env, command, {"password": password})
 
     def handle_class(self) -> type[ServiceHandle]:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import queue
 import re
 import secrets
 import threading
@@ -106,19 +107,27 @@ class PostgresTemplate:
         with template.fresh_database() as dbname:
             with env[postgres].connect(dbname) as conn: ...
 
+    With ``prefetch`` > 0 a background worker (its own admin connection) keeps
+    that many clones ready, each with an open connection, and drops used
+    databases after the test, so a test waits only for a hand-over, not for
+    ``CREATE DATABASE`` and ``DROP DATABASE``. No database is handed out twice.
     Names carry a random token, so several processes (xdist workers, parallel
     sessions) can share one server without colliding.
     """
 
-    def __init__(self, handle: PostgresHandle, setup: Setup = None, name: str | None = None) -> None:
+    def __init__(self, handle: PostgresHandle, setup: Setup = None, name: str | None = None, prefetch: int = 0) -> None:
         self.handle = handle
         self.setup = setup
+        self.prefetch = prefetch
         self.token = secrets.token_hex(3)
         self.name = name or f"svcenv_tpl_{self.token}"
         self._counter = itertools.count(1)
         self._admin: psycopg.Connection[Any] | None = None
         self._lock = threading.Lock()
         self._built = False
+        self._ready: queue.Queue[tuple[str, psycopg.Connection[Any] | None] | BaseException] = queue.Queue()
+        self._tasks: queue.Queue[tuple[str, str] | None] = queue.Queue()
+        self._worker: threading.Thread | None = None
 
     def _conn(self) -> psycopg.Connection[Any]:
         if self._admin is None or self._admin.closed:
@@ -140,30 +149,100 @@ class PostgresTemplate:
             self._conn().execute(f"ALTER DATABASE {_ident(self.name)} WITH ALLOW_CONNECTIONS false".encode())
             self._built = True
 
+    def _new_name(self) -> str:
+        return f"svcenv_t_{self.token}_{next(self._counter)}"
+
     def clone(self) -> str:
-        """Create a new database from the template; return its name."""
+        """Create a new database from the template now; return its name."""
         self.build()
-        name = f"svcenv_t_{self.token}_{next(self._counter)}"
+        name = self._new_name()
         with self._lock:
             self._conn().execute(f"CREATE DATABASE {_ident(name)} TEMPLATE {_ident(self.name)}".encode())
         return name
 
     def drop(self, name: str) -> None:
-        """Drop a database, terminating its connections first."""
+        """Drop a database now, terminating its connections first."""
         with self._lock:
             self._conn().execute(f"DROP DATABASE IF EXISTS {_ident(name)} WITH (FORCE)".encode())
+
+    # -- the prefetching pool -------------------------------------------------------------------
+
+    def _start_worker(self) -> None:
+        self.build()
+        self._worker = threading.Thread(target=self._work, name=f"svcenv-pool-{self.token}", daemon=True)
+        self._worker.start()
+        for _ in range(self.prefetch):
+            self._tasks.put(("clone", ""))
+
+    def _work(self) -> None:
+        admin = self.handle.connect(autocommit=True)
+        try:
+            while (task := self._tasks.get()) is not None:
+                action, name = task
+                try:
+                    if action == "clone":
+                        name = self._new_name()
+                        admin.execute(f"CREATE DATABASE {_ident(name)} TEMPLATE {_ident(self.name)}".encode())
+                        self._ready.put((name, self.handle.connect(name)))
+                    else:
+                        admin.execute(f"DROP DATABASE IF EXISTS {_ident(name)} WITH (FORCE)".encode())
+                except Exception as exc:
+                    if action == "clone":
+                        self._ready.put(exc)
+        finally:
+            admin.close()
+
+    def acquire(self, timeout: float = 60.0) -> tuple[str, psycopg.Connection[Any] | None]:
+        """A fresh database (name, and an open connection to it when prefetched)."""
+        if self.prefetch <= 0:
+            return self.clone(), None
+        if self._worker is None:
+            self._start_worker()
+        self._tasks.put(("clone", ""))  # refill while this one is in use
+        item = self._ready.get(timeout=timeout)
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    def release(self, name: str, conn: psycopg.Connection[Any] | None = None) -> None:
+        """Give a database back: it is dropped (in the background when prefetching)."""
+        if conn is not None:
+            conn.close()
+        if self._worker is not None:
+            self._tasks.put(("drop", name))
+        else:
+            self.drop(name)
 
     @contextmanager
     def fresh_database(self) -> Iterator[str]:
         """A fresh clone for the block; dropped afterwards even if the block fails."""
-        name = self.clone()
+        name, conn = self.acquire()
         try:
             yield name
         finally:
-            self.drop(name)
+            self.release(name, conn)
+
+    @contextmanager
+    def fresh_connection(self) -> Iterator[psycopg.Connection[Any]]:
+        """A connection to a fresh clone; closed and the clone dropped afterwards."""
+        name, conn = self.acquire()
+        try:
+            if conn is None:
+                conn = self.handle.connect(name)
+            yield conn
+        finally:
+            self.release(name, conn)
 
     def destroy(self) -> None:
-        """Drop the template (and close the admin connection)."""
+        """Drop every prefetched clone and the template, and close connections."""
+        if self._worker is not None:
+            self._tasks.put(None)
+            self._worker.join(timeout=60)
+            self._worker = None
+            while not self._ready.empty():
+                item = self._ready.get_nowait()
+                if not isinstance(item, BaseException):
+                    self.release(*item)
         if self._built:
             self.drop(self.name)
             self._built = False

@@ -61,6 +61,7 @@ FIXTURE_NEEDS = {
     "postgres_service": "postgres",
     "postgres_connection": "postgres",
     "postgres_database": "postgres",
+    "_svcenv_fresh": "postgres",
     "postgres_transaction": "postgres",
     "redis_service": "redis",
     "redis_client": "redis",
@@ -93,6 +94,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "prepares the template database: a .sql file, or package.module:function(conn)",
         default="",
     )
+    parser.addini("svcenv_postgres_prefetch", "fresh databases cloned ahead of use by a background worker", default="2")
     parser.addini("svcenv_missing", "when no backend can run a needed service: auto|skip|fail", default="auto")
     parser.addini("svcenv_xdist", "under xdist: shared (one environment) or per-worker", default="shared")
 
@@ -386,24 +388,36 @@ def svcenv_postgres_template(
     setup = pytestconfig.getini("svcenv_postgres_setup") or None
     if setup and setup.endswith(".sql") and not os.path.isabs(setup):
         setup = str(pytestconfig.rootpath / setup)
-    template = PostgresTemplate(postgres_service, setup=setup)
+    prefetch = int(pytestconfig.getini("svcenv_postgres_prefetch") or 0)
+    template = PostgresTemplate(postgres_service, setup=setup, prefetch=prefetch)
     template.build()
     yield template
     template.destroy()
 
 
 @pytest.fixture
-def postgres_database(svcenv_postgres_template: PostgresTemplate) -> Iterator[str]:
-    """The name of a fresh database cloned from the template; dropped after the test."""
-    with svcenv_postgres_template.fresh_database() as name:
-        yield name
+def _svcenv_fresh(
+    svcenv_postgres_template: PostgresTemplate, postgres_service: PostgresHandle
+) -> Iterator[tuple[str, psycopg.Connection[Any]]]:
+    name, conn = svcenv_postgres_template.acquire()
+    if conn is None:
+        conn = postgres_service.connect(name)
+    try:
+        yield name, conn
+    finally:
+        svcenv_postgres_template.release(name, conn)
 
 
 @pytest.fixture
-def postgres_connection(postgres_service: PostgresHandle, postgres_database: str) -> Iterator[psycopg.Connection[Any]]:
-    """A psycopg connection to the test's own fresh database."""
-    with postgres_service.connect(postgres_database) as conn:
-        yield conn
+def postgres_database(_svcenv_fresh: tuple[str, psycopg.Connection[Any]]) -> str:
+    """The name of the test's fresh database, cloned from the template; dropped after the test."""
+    return _svcenv_fresh[0]
+
+
+@pytest.fixture
+def postgres_connection(_svcenv_fresh: tuple[str, psycopg.Connection[Any]]) -> psycopg.Connection[Any]:
+    """A psycopg connection to the test's own fresh database (closed and dropped after the test)."""
+    return _svcenv_fresh[1]
 
 
 @pytest.fixture(scope="session")
@@ -468,8 +482,8 @@ def svcenv_env_vars(
     ``REDIS_URL`` points at the worker's logical database.
     """
     variables = svcenv.env_vars()
-    if "postgres_database" in request.fixturenames and "postgres" in svcenv:
-        database = request.getfixturevalue("postgres_database")
+    if "_svcenv_fresh" in request.fixturenames and "postgres" in svcenv:
+        database = request.getfixturevalue("_svcenv_fresh")[0]
         handle: PostgresHandle = svcenv["postgres"]  # type: ignore[assignment]
         variables.update(
             DATABASE_URL=handle.url_for(database), PGDATABASE=database, POSTGRES_URL=handle.url_for(database)

@@ -40,7 +40,11 @@ def test_default_names_and_contracts() -> None:
     assert es_env["ES_JAVA_OPTS"] == "-Xms512m -Xmx512m"
     assert "--requirepass" in (rd.resolve().command or ())
     assert "--requirepass" not in (Redis(password="").resolve().command or ())
-    assert Postgres(settings={"fsync": "off"}).resolve().command == ("postgres", "-c", "fsync=off")
+    assert Postgres(tuned=False, settings={"fsync": "off"}).resolve().command == ("postgres", "-c", "fsync=off")
+    assert Postgres(tuned=False).resolve().command is None
+    tuned = Postgres(settings={"fsync": "on", "work_mem": "8MB"}).resolve().command or ()
+    assert "fsync=on" in tuned and "fsync=off" not in tuned  # settings win over the tuned defaults
+    assert {"synchronous_commit=off", "full_page_writes=off", "work_mem=8MB"} <= set(tuned)
 
 
 def test_images_follow_override_order(monkeypatch: pytest.MonkeyPatch) -> None:

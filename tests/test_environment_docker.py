@@ -312,3 +312,13 @@ def test_es_descriptor_defaults_matter(leaks: LeakCheck) -> None:
     lonely = Elasticsearch(env={"discovery.type": "multi-node", "STANDIN_STARTUP_DELAY": "0"}, timeout=3)
     with pytest.raises(ServiceStartError, match=r"cluster status 'red'|answered 408"):
         Environment(lonely, labels=leaks.labels).start()
+
+
+def test_owned_postgres_is_tuned_for_tests_unless_told_not_to(leaks: LeakCheck) -> None:
+    fast, safe = Postgres(), Postgres(name="safe", tuned=False)
+    with Environment(fast, safe, labels=leaks.labels) as env:
+        with env[fast].connect() as conn:
+            assert conn.execute("SHOW fsync").fetchone() == ("off",)
+            assert conn.execute("SHOW synchronous_commit").fetchone() == ("off",)
+        with env[safe].connect() as conn:
+            assert conn.execute("SHOW fsync").fetchone() == ("on",)

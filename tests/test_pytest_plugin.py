@@ -64,10 +64,17 @@ def test_failing_test_still_drops_its_database(postgres_connection):
     assert False, "this test fails on purpose"
 
 def test_zz_failed_database_was_dropped(postgres_service):
+    import time
     failed = [json.loads(l) for p in OUT.glob("failed.*.json") for l in p.read_text().splitlines()]
-    with postgres_service.connect() as conn:
-        names = {r[0] for r in conn.execute("SELECT datname FROM pg_database").fetchall()}
-    assert failed and not set(failed) & names
+    assert failed
+    deadline = time.monotonic() + 10  # used databases are dropped in the background
+    with postgres_service.connect(autocommit=True) as conn:
+        while True:
+            names = {r[0] for r in conn.execute("SELECT datname FROM pg_database").fetchall()}
+            if not set(failed) & names or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+    assert not set(failed) & names
 """
 
 SEED_SQL = "CREATE TABLE seeded (body text); INSERT INTO seeded VALUES ('seed');"

@@ -96,6 +96,9 @@ class Handler(BaseHTTPRequestHandler):
     server_version = "standin"
     sys_version = ""
     protocol_version = "HTTP/1.1"
+    # Headers and body go out as separate writes; with Nagle on, each response
+    # would wait for the client's delayed ACK (~40 ms). A real node sends at once.
+    disable_nagle_algorithm = True
 
     def log_message(self, format: str, *args: object) -> None:  # noqa: A002
         sys.stdout.write("[standin] %s %s\n" % (self.address_string(), format % args))
