@@ -33,8 +33,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from svcenv import Elasticsearch, Environment, Postgres, Redis  # noqa: E402
-from svcenv.isolation import PostgresTemplate, delete_indices, rollback_connection  # noqa: E402
+from svcenv import Elasticsearch, Environment, Postgres, Redis
+from svcenv.isolation import PostgresTemplate, delete_indices, rollback_connection
 
 SCHEMA = "\n".join(
     f"CREATE TABLE t{i} (id bigserial PRIMARY KEY, name text NOT NULL, created timestamptz DEFAULT now(), "

@@ -94,7 +94,12 @@ class ServiceHandle:
     @property
     def url(self) -> str:
         """``scheme://host:port`` of the first port (kinds add credentials and paths)."""
-        return f"{self.descriptor.scheme}://{self.host}:{self.port}"
+        return f"{self._connection('scheme', self.descriptor.scheme)}://{self.host}:{self.port}"
+
+    def _connection(self, key: str, default: str) -> str:
+        """``key`` from the instance's ``credentials`` (an external service's URL), else ``default``."""
+        credentials: Mapping[str, str] = getattr(self._instance, "credentials", {})
+        return credentials.get(key, default)
 
     # -- backend passthroughs -----------------------------------------------------------------
 
@@ -137,15 +142,15 @@ class PostgresHandle(ServiceHandle):
 
     @property
     def user(self) -> str:
-        return self.descriptor.user
+        return self._connection("user", self.descriptor.user)
 
     @property
     def password(self) -> str:
-        return self._resolved.secrets["password"]
+        return self._connection("password", self._resolved.secrets["password"])
 
     @property
     def dbname(self) -> str:
-        return self.descriptor.dbname
+        return self._connection("dbname", self.descriptor.dbname)
 
     def url_for(self, dbname: str) -> str:
         """The URL of another database on the same server."""
@@ -191,24 +196,26 @@ class RedisHandle(ServiceHandle):
     @property
     def password(self) -> str:
         """The AUTH password ("" when the server has none)."""
-        return self._resolved.secrets.get("password", "")
+        return self._connection("password", self._resolved.secrets.get("password", ""))
 
-    def url_for(self, db: int = 0) -> str:
-        """``redis://[:password@]host:port/db``."""
-        auth = f":{quote(self.password, safe='')}@" if self.password else ""
-        return f"redis://{auth}{self.host}:{self.port}/{db}"
+    def url_for(self, db: int | None = None) -> str:
+        """``redis://[[user]:password@]host:port/db`` (``db`` ``None``: the one the backend names, else 0)."""
+        user = quote(self._connection("user", ""), safe="")
+        auth = f"{user}:{quote(self.password, safe='')}@" if self.password else ""
+        db = int(self._connection("db", "0")) if db is None else db
+        return f"{self._connection('scheme', 'redis')}://{auth}{self.host}:{self.port}/{db}"
 
     @property
     def url(self) -> str:
-        return self.url_for(0)
+        return self.url_for()
 
-    def client(self, db: int = 0, **kwargs: Any) -> redis.Redis:
+    def client(self, db: int | None = None, **kwargs: Any) -> redis.Redis:
         """A :class:`redis.Redis` on logical database ``db``."""
         import redis
 
         return redis.Redis.from_url(self.url_for(db), **kwargs)
 
-    def async_client(self, db: int = 0, **kwargs: Any) -> redis.asyncio.Redis:
+    def async_client(self, db: int | None = None, **kwargs: Any) -> redis.asyncio.Redis:
         """A :class:`redis.asyncio.Redis` on logical database ``db``."""
         import redis.asyncio
 
