@@ -401,6 +401,7 @@ class Environment:
                 "image": handle.image,
                 "ports": {str(k): v for k, v in handle.ports.items()},
                 "secrets": dict(handle._resolved.secrets),
+                "credentials": dict(getattr(handle._instance, "credentials", {})),
             }
         return {"id": self.id, "owner_pid": os.getpid(), "version": __version__, "services": services}
 
@@ -420,7 +421,7 @@ class Environment:
                 raise ServiceNotFound(f"environment {env.id} runs {sorted(snapshot['services'])}, not {service.name!r}")
             resolved = replace(service.resolve(), image=entry["image"], secrets=dict(entry["secrets"]))
             ports = {int(k): int(v) for k, v in entry["ports"].items()}
-            instance = AttachedInstance(entry["backend"], entry["id"], entry["host"], ports)
+            instance = AttachedInstance(entry["backend"], entry["id"], entry["host"], ports, entry.get("credentials"))
             env._handles[service.name] = service.handle_class()(resolved, instance)
         env._state = "running"
         env._attached = True

@@ -48,11 +48,19 @@ class Instance(ABC):
 class AttachedInstance(Instance):
     """A service another process owns, known from an environment snapshot. Never stopped from here."""
 
-    def __init__(self, backend: str, id: str, host: str, ports: Mapping[int, int]) -> None:  # noqa: A002
+    def __init__(
+        self,
+        backend: str,
+        id: str,  # noqa: A002
+        host: str,
+        ports: Mapping[int, int],
+        credentials: Mapping[str, str] | None = None,
+    ) -> None:
         self.backend = backend
         self.id = id
         self.host = host
         self.ports = dict(ports)
+        self.credentials = dict(credentials or {})
 
     def start(self) -> None:
         """Nothing to start: the owner started it."""
