@@ -401,7 +401,7 @@ class Environment:
                 "image": handle.image,
                 "ports": {str(k): v for k, v in handle.ports.items()},
                 "secrets": dict(handle._resolved.secrets),
-                "credentials": dict(getattr(handle._instance, "credentials", {})),
+                "credentials": dict(handle._instance.credentials),
             }
         return {"id": self.id, "owner_pid": os.getpid(), "version": __version__, "services": services}
 

@@ -98,8 +98,7 @@ class ServiceHandle:
 
     def _connection(self, key: str, default: str) -> str:
         """``key`` from the instance's ``credentials`` (an external service's URL), else ``default``."""
-        credentials: Mapping[str, str] = getattr(self._instance, "credentials", {})
-        return credentials.get(key, default)
+        return self._instance.credentials.get(key, default)
 
     # -- backend passthroughs -----------------------------------------------------------------
 

@@ -43,6 +43,7 @@ if TYPE_CHECKING:
 __all__ = [
     "PostgresTemplate",
     "Setup",
+    "claim_redis_db",
     "delete_indices",
     "flush_redis",
     "redis_db_for_worker",
@@ -302,6 +303,28 @@ def redis_db_for_worker(worker: str | None = None, databases: int = 16) -> int:
             "run fewer workers or raise redis' `databases` setting"
         )
     return index
+
+
+_claimed: set[tuple[str, int]] = set()
+
+
+def claim_redis_db(client: redis.Redis, backend: str, url: str) -> None:
+    """Before svcenv flushes a db on a server it did not start, make sure the db was empty.
+
+    svcenv never flushes data it did not create: on an external server it uses
+    a logical db only if that db holds nothing when svcenv first uses it.
+    """
+    db = int(client.connection_pool.connection_kwargs.get("db", 0))
+    if backend != "external" or (url, db) in _claimed:
+        return
+    keys = int(client.dbsize())
+    if keys:
+        raise ConfigurationError(
+            f"redis: logical db {db} of the external server already holds {keys} keys that svcenv did not "
+            "create, and svcenv flushes that db between tests. Give svcenv a server or db it may empty "
+            "(xdist worker N uses db N+1)."
+        )
+    _claimed.add((url, db))
 
 
 def flush_redis(client: redis.Redis) -> None:

@@ -44,7 +44,14 @@ import pytest
 from .descriptors import Elasticsearch, Postgres, Redis, Service
 from .environment import Environment
 from .errors import BackendUnavailable, ConfigurationError, ServiceStartError
-from .isolation import PostgresTemplate, delete_indices, redis_db_for_worker, rollback_connection, worker_id
+from .isolation import (
+    PostgresTemplate,
+    claim_redis_db,
+    delete_indices,
+    redis_db_for_worker,
+    rollback_connection,
+    worker_id,
+)
 
 if TYPE_CHECKING:
     import elasticsearch
@@ -440,6 +447,7 @@ def postgres_transaction(
 def redis_client(redis_service: RedisHandle) -> Iterator[redis.Redis]:
     """A client on this worker's logical database, flushed (FLUSHDB) before and after the test."""
     client = redis_service.client(db=redis_db_for_worker())
+    claim_redis_db(client, redis_service.backend, redis_service.url)
     client.flushdb()
     try:
         yield client

@@ -7,7 +7,7 @@ from .base import Backend, Instance
 
 __all__ = ["BACKENDS", "Backend", "Instance", "get_backend"]
 
-BACKENDS = ("docker",)
+BACKENDS = ("docker", "external")
 
 
 def get_backend(name: str) -> Backend:
@@ -16,4 +16,8 @@ def get_backend(name: str) -> Backend:
         from .docker import DockerBackend
 
         return DockerBackend()
+    if name == "external":
+        from .external import ExternalBackend
+
+        return ExternalBackend()
     raise ConfigurationError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")

@@ -23,6 +23,8 @@ class Instance(ABC):
     host: str
     ports: Mapping[int, int]
     """Container (or service) port -> port to connect to on :attr:`host`."""
+    credentials: Mapping[str, str] = {}
+    """Connection settings the backend knows better than the descriptor (an external URL's user, password, ...)."""
 
     @abstractmethod
     def start(self) -> None:
