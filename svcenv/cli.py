@@ -37,7 +37,7 @@ def _parser() -> argparse.ArgumentParser:
         "(progress goes to stderr), and keep them up until Ctrl-C or SIGTERM, then remove them.",
     )
     up.add_argument("services", nargs="*", metavar="SERVICE", help=f"one of {', '.join(KINDS)} (default: all)")
-    up.add_argument("--backend", default="docker", help="where services run (default: docker)")
+    up.add_argument("--backend", default=None, help="auto (default, or $SVCENV_BACKEND), docker, local or external")
     up.add_argument("--timeout", type=float, default=None, help="seconds each service gets to become ready")
     return parser
 
@@ -64,7 +64,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _on_sigterm)
     names = ", ".join(s.name for s in services)
-    print(f"svcenv: starting {names} ({args.backend}) ...", file=sys.stderr, flush=True)
+    print(f"svcenv: starting {names} ...", file=sys.stderr, flush=True)
     started = time.monotonic()
     try:
         env.start()

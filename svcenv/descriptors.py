@@ -98,7 +98,9 @@ class Service:
     ``probe`` decides readiness (default: a TCP connect to the first port);
     ``depends_on`` names services that must be ready before this one starts;
     ``timeout`` is how many seconds the service gets from start to ready;
-    ``scheme`` builds the handle's ``url`` (``scheme://host:port``).
+    ``scheme`` builds the handle's ``url`` (``scheme://host:port``);
+    ``backend`` pins where it runs (``docker``, ``local``, ``external``; default: the
+    environment's choice, else ``SVCENV_BACKEND``, else ``auto``).
     """
 
     name: str
@@ -111,6 +113,7 @@ class Service:
     timeout: float | None = None
     scheme: str = "tcp"
     tmpfs: tuple[str, ...] = ()
+    backend: str | None = None
 
     kind: ClassVar[str] = "service"
     default_image: ClassVar[str | None] = None
@@ -140,6 +143,10 @@ class Service:
             raise ConfigurationError(f"service {self.name!r}: timeout must be > 0 seconds, got {self.timeout!r}")
         if self.name in self.depends_on:
             raise ConfigurationError(f"service {self.name!r} cannot depend on itself")
+        if self.backend not in (None, "auto", "docker", "local", "external"):
+            raise ConfigurationError(
+                f"service {self.name!r}: unknown backend {self.backend!r}; choose auto, docker, local or external"
+            )
         if self.probe is not None and not isinstance(self.probe, Probe):
             raise ConfigurationError(f"service {self.name!r}: probe must be a svcenv.probes.Probe")
 

@@ -15,7 +15,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from ._version import __version__
-from .backends import get_backend
+from .backends import choose, requested_backend
 from .backends.base import (
     LABEL_ENVIRONMENT,
     LABEL_OWNER_PID,
@@ -104,14 +104,17 @@ class Environment:
     parallel, is bounded by ``teardown_timeout``, is idempotent, and runs on every
     exit path, including an exception in the body and Ctrl-C during start.
 
-    ``backend`` chooses where services run (``"docker"``); ``timeout`` replaces
+    ``backend`` chooses where services run: ``"auto"`` (the default, also via
+    ``SVCENV_BACKEND``: external if ``SVCENV_<NAME>_URL`` is set, else docker if an
+    engine answers, else local binaries), ``"docker"``, ``"local"``, ``"external"``
+    or a :class:`~svcenv.backends.Backend`; a descriptor's own ``backend`` wins. ``timeout`` replaces
     the per-kind default readiness deadline of services that set none.
     """
 
     def __init__(
         self,
         *services: Service,
-        backend: str | Backend = "docker",
+        backend: str | Backend | None = None,
         timeout: float | None = None,
         teardown_timeout: float = 30.0,
         labels: Mapping[str, str] | None = None,
@@ -306,16 +309,16 @@ class Environment:
         return ServiceFailure(service.name, backend, image, reason, tail)
 
     def _backend_for_all(self) -> None:
-        shared: dict[str, Backend] = {}
-        for name in self._services:
-            choice = self._backend_choice
-            if not isinstance(choice, Backend):
-                if choice not in shared:
-                    shared[choice] = get_backend(choice)
-                choice = shared[choice]
-            self._backends[name] = choice
+        made: dict[str, Backend] = {}
+        for name, service in self._services.items():
+            if isinstance(self._backend_choice, Backend):
+                self._backends[name] = self._backend_choice
+            else:
+                self._backends[name] = choose(service, requested_backend(service, self._backend_choice), made)
         for backend in set(self._backends.values()):
             backend.check()
+        for backend in set(made.values()) - set(self._backends.values()):
+            backend.close()  # tried by `auto` but not chosen
 
     def _now(self) -> float:
         return time.monotonic() - self._t0

@@ -85,7 +85,7 @@ _manager_key = pytest.StashKey["_Manager"]()
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("svcenv", "real services for tests (svcenv)")
-    group.addoption("--svcenv-backend", default=None, help="where services run (default: ini svcenv_backend, docker)")
+    group.addoption("--svcenv-backend", default=None, help="auto, docker, local or external (default: auto)")
     group.addoption("--svcenv-timeout", type=float, default=None, help="seconds each service gets to become ready")
     group.addoption(
         "--svcenv-keep",
@@ -94,7 +94,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="leave the services running after the session and print how to reach and remove them",
     )
     parser.addini("svcenv_services", "services the session may start", type="linelist", default=list(KINDS))
-    parser.addini("svcenv_backend", "backend for the session's services", default="docker")
+    parser.addini("svcenv_backend", "backend for the session's services (default: $SVCENV_BACKEND or auto)", default="")
     parser.addini("svcenv_timeout", "readiness deadline in seconds (default: per kind)", default="")
     parser.addini(
         "svcenv_postgres_setup",
@@ -208,7 +208,7 @@ class _Manager:
         services = self.descriptors()
         timeout = self._option("timeout")
         kwargs: dict[str, Any] = {
-            "backend": self._option("backend") or "docker",
+            "backend": self._option("backend"),
             "timeout": float(timeout) if timeout else None,
             "labels": {"svcenv.runner": "pytest"},
         }

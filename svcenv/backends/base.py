@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from ..descriptors import Resolved
+    from ..descriptors import Resolved, Service
 
 LABEL_ENVIRONMENT = "svcenv.environment"
 LABEL_OWNER_PID = "svcenv.owner-pid"
@@ -85,6 +85,16 @@ class Backend(ABC):
     @abstractmethod
     def check(self) -> None:
         """Raise :class:`~svcenv.errors.BackendUnavailable` if this backend cannot run here."""
+
+    def supports(self, service: Service) -> str | None:
+        """``None`` if this backend can run ``service`` here, else the reason it cannot."""
+        from ..errors import BackendUnavailable
+
+        try:
+            self.check()
+        except BackendUnavailable as exc:
+            return str(exc)
+        return None
 
     @abstractmethod
     def create(self, resolved: Resolved, labels: Mapping[str, str]) -> Instance:

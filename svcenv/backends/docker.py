@@ -60,6 +60,10 @@ def engine_host(client: DockerClient) -> str:
     return "127.0.0.1"
 
 
+PING_TIMEOUT = 5
+"""Seconds an engine gets to answer svcenv's first ping."""
+
+
 class DockerInstance(Instance):
     """A container created through testcontainers."""
 
@@ -138,6 +142,7 @@ class DockerBackend(Backend):
     def __init__(self) -> None:
         self._client: DockerClient | None = None
         self._host: str | None = None
+        self._error: BackendUnavailable | None = None
 
     @property
     def client(self) -> DockerClient:
@@ -149,17 +154,27 @@ class DockerBackend(Backend):
     def check(self) -> None:
         if self._client is not None:
             return
+        if self._error is not None:
+            raise self._error
         try:
+            import docker
+
+            # A short-timeout ping first: an engine that does not answer fails in seconds.
+            probe = docker.from_env(timeout=PING_TIMEOUT)
+            try:
+                probe.ping()
+            finally:
+                probe.close()
             from testcontainers.core.docker_client import DockerClient
 
             client = DockerClient()
-            client.client.ping()
         except Exception as exc:
             where = os.environ.get("DOCKER_HOST") or "the local socket (/var/run/docker.sock)"
-            raise BackendUnavailable(
+            self._error = BackendUnavailable(
                 f"docker: no Docker engine answers at {where}: {' '.join(str(exc).split())}. "
                 "Start the engine (e.g. `dockerd &`) or point DOCKER_HOST at one."
-            ) from exc
+            )
+            raise self._error from exc
         self._client = client
         self._host = engine_host(client)
 

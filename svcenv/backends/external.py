@@ -284,8 +284,9 @@ class ExternalBackend(Backend):
             return url, url_variable(service_name)
         return None
 
-    def supports(self, service_name: str) -> str | None:
+    def supports(self, service: Service | str) -> str | None:
         """``None`` if a URL is configured for the service, else why not (e.g. "SVCENV_POSTGRES_URL is not set")."""
+        service_name = service if isinstance(service, str) else service.name
         if self.url_for(service_name) is not None:
             return None
         reason = f"{url_variable(service_name)} is not set"
