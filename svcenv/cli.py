@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Sequence
 from types import FrameType
 
+from .backends import Backend
 from .descriptors import Elasticsearch, Postgres, Redis, Service
 from .environment import Environment
 from .errors import ConfigurationError, SvcenvError
@@ -39,6 +40,13 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("services", nargs="*", metavar="SERVICE", help=f"one of {', '.join(KINDS)} (default: all)")
     up.add_argument("--backend", default=None, help="auto (default, or $SVCENV_BACKEND), docker, local or external")
     up.add_argument("--timeout", type=float, default=None, help="seconds each service gets to become ready")
+    doctor = commands.add_parser(
+        "doctor",
+        help="show which backends can run each service here",
+        description="For each service, say which backends can run it on this machine and which one "
+        "`auto` would pick. Exits 1 if a requested service has no backend.",
+    )
+    doctor.add_argument("services", nargs="*", metavar="SERVICE", help=f"one of {', '.join(KINDS)} (default: all)")
     return parser
 
 
@@ -90,11 +98,52 @@ def cmd_up(args: argparse.Namespace) -> int:
             print("svcenv: stopped; nothing left running", file=sys.stderr, flush=True)
 
 
+def _backend_details(name: str, backend: Backend, service: Service) -> str:
+    """What a backend would use for ``service``: the image, the binaries, or the URL."""
+    if name == "docker":
+        return f"image {service.effective_image}"
+    if name == "local":
+        capabilities: dict[str, str] = getattr(backend, "capabilities", dict)()
+        return capabilities.get(service.kind, "")
+    from .backends.external import configured_url, redact
+
+    url = configured_url(service.name)
+    return redact(url) if url else ""
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    """Print, per service, which backends can run it and what `auto` picks."""
+    from .backends import AUTO_ORDER, get_backend
+
+    backends = {name: get_backend(name) for name in AUTO_ORDER}
+    unserved = []
+    for service in _services(args.services):
+        verdicts = {name: backend.supports(service) for name, backend in backends.items()}
+        usable = [name for name in AUTO_ORDER if verdicts[name] is None]
+        print(f"{service.name}: auto uses {usable[0] if usable else 'NOTHING (no backend can run it)'}")
+        for name in AUTO_ORDER:
+            reason = verdicts[name]
+            if reason is None:
+                print(f"  {name:<9} ok   {_backend_details(name, backends[name], service)}")
+            else:
+                print(f"  {name:<9} no   {reason.removeprefix(name + ': ')}")
+        if not usable:
+            unserved.append(service.name)
+    for backend in backends.values():
+        backend.close()
+    if unserved:
+        print(f"svcenv: no backend can run: {', '.join(unserved)}", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit code."""
     parser = _parser()
     args = parser.parse_args(argv)
     try:
+        if args.command == "doctor":
+            return cmd_doctor(args)
         return cmd_up(args)
     except (_UsageError, ConfigurationError) as exc:
         parser.print_usage(sys.stderr)

@@ -26,6 +26,7 @@ from .backends.base import (
 )
 from .descriptors import Elasticsearch, Postgres, Redis, Service
 from .errors import (
+    BackendUnavailable,
     ConfigurationError,
     ProbeFailed,
     ServiceExited,
@@ -315,8 +316,11 @@ class Environment:
                 self._backends[name] = self._backend_choice
             else:
                 self._backends[name] = choose(service, requested_backend(service, self._backend_choice), made)
-        for backend in set(self._backends.values()):
-            backend.check()
+        for name, backend in self._backends.items():
+            reason = backend.supports(self._services[name])
+            if reason is not None:
+                reason = reason.removeprefix(f"{backend.name}: ")
+                raise BackendUnavailable(f"service {name!r} cannot run on the {backend.name} backend: {reason}")
         for backend in set(made.values()) - set(self._backends.values()):
             backend.close()  # tried by `auto` but not chosen
 

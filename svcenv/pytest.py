@@ -50,7 +50,6 @@ from .isolation import (
     delete_indices,
     redis_db_for_worker,
     rollback_connection,
-    worker_id,
 )
 
 if TYPE_CHECKING:
@@ -245,6 +244,13 @@ def _missing(config: pytest.Config, error: BaseException) -> None:
     if mode == "fail" or (mode == "auto" and in_ci):
         pytest.fail(f"svcenv: needed services are unavailable: {error}", pytrace=False)
     pytest.skip(f"svcenv: needed services are unavailable: {error}")
+
+
+def _worker(config: pytest.Config) -> str:
+    """This process's xdist worker id (``gw0``...) or ``main``, from pytest itself, not the environment
+    (a pytest subprocess inherits ``PYTEST_XDIST_WORKER`` from an xdist parent)."""
+    workerinput = getattr(config, "workerinput", None)
+    return str(workerinput["workerid"]) if workerinput else "main"
 
 
 def _xdist_run_id(config: pytest.Config) -> str:
@@ -444,9 +450,9 @@ def postgres_transaction(
 
 
 @pytest.fixture
-def redis_client(redis_service: RedisHandle) -> Iterator[redis.Redis]:
+def redis_client(redis_service: RedisHandle, pytestconfig: pytest.Config) -> Iterator[redis.Redis]:
     """A client on this worker's logical database, flushed (FLUSHDB) before and after the test."""
-    client = redis_service.client(db=redis_db_for_worker())
+    client = redis_service.client(db=redis_db_for_worker(_worker(pytestconfig)))
     claim_redis_db(client, redis_service.backend, redis_service.url)
     client.flushdb()
     try:
@@ -461,9 +467,9 @@ _session_token = secrets.token_hex(3)
 
 
 @pytest.fixture
-def elasticsearch_prefix() -> str:
+def elasticsearch_prefix(pytestconfig: pytest.Config) -> str:
     """A per-test index prefix; indices under it are deleted after the test (with ``elasticsearch_client``)."""
-    return f"t{_session_token}_{worker_id()}_{next(_prefix_counter)}_"
+    return f"t{_session_token}_{_worker(pytestconfig)}_{next(_prefix_counter)}_"
 
 
 @pytest.fixture
@@ -498,7 +504,7 @@ def svcenv_env_vars(
         )
     if "redis_client" in request.fixturenames and "redis" in svcenv:
         rhandle: RedisHandle = svcenv["redis"]  # type: ignore[assignment]
-        variables.update(REDIS_URL=rhandle.url_for(redis_db_for_worker()))
+        variables.update(REDIS_URL=rhandle.url_for(redis_db_for_worker(_worker(request.config))))
     for key, value in variables.items():
         monkeypatch.setenv(key, value)
     return variables
