@@ -205,7 +205,9 @@ class Postgres(Service):
     creates are tuned for tests unless ``tuned=False``: :data:`TEST_TUNED_SETTINGS`
     (no fsync, no synchronous commit, no full-page writes) trade crash safety,
     which a throw-away test server does not need, for speed. ``settings`` win
-    over them. Services of the external backend are never changed.
+    over them. Services of the external backend are never changed. On Docker,
+    ``cache`` starts fresh instances from a pre-initialised image of the same
+    configuration, skipping ``initdb`` (see :mod:`svcenv.backends.pgcache`).
     Ready when psycopg connects to ``dbname`` and ``SELECT 1`` answers.
     """
 
@@ -217,6 +219,7 @@ class Postgres(Service):
     dbname: str = "test"
     settings: Mapping[str, str] = field(default_factory=FrozenMap)
     tuned: bool = True
+    cache: bool = True
 
     kind: ClassVar[str] = "postgres"
     default_image: ClassVar[str | None] = "postgres:16-alpine"

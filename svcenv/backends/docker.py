@@ -20,7 +20,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, cast
 
 from ..errors import BackendUnavailable, ImageUnavailable, ServiceExited
@@ -69,8 +69,11 @@ class DockerInstance(Instance):
 
     backend = "docker"
 
-    def __init__(self, container: Any, host: str, ports: tuple[int, ...]) -> None:
+    def __init__(
+        self, container: Any, host: str, ports: tuple[int, ...], post_start: Callable[[Any], None] | None = None
+    ) -> None:
         self._tc = container  # a testcontainers DockerContainer
+        self._post_start = post_start
         self._container: Container = container.get_wrapped_container()
         self.id = str(self._container.id)
         self.host = host
@@ -89,6 +92,8 @@ class DockerInstance(Instance):
         status = self._status()
         if status is not None:
             raise ServiceExited(f"exited with status {status} right after it started")
+        if self._post_start is not None:
+            self._post_start(self._container)
 
     def stop(self) -> None:
         if self._removed:
@@ -214,7 +219,15 @@ class DockerBackend(Backend):
     def create(self, resolved: Resolved, labels: Mapping[str, str]) -> DockerInstance:
         from testcontainers.core.container import DockerContainer
 
+        from . import pgcache
+
         self._ensure_image(resolved)
+        post_start: Callable[[Any], None] | None = None
+        if pgcache.enabled(resolved):
+            resolved, _ = pgcache.prepare(self.client, resolved, labels)
+            timeout = resolved.service.effective_timeout
+            final = resolved
+            post_start = lambda container: pgcache.set_password(container, final, timeout)  # noqa: E731
         container = DockerContainer(
             resolved.image,
             # A pinned API version makes the throw-away client open no connection.
@@ -244,7 +257,7 @@ class DockerBackend(Backend):
             tmpfs=container.tmpfs,
         )
         container._container = created
-        return DockerInstance(container, self.host, resolved.ports)
+        return DockerInstance(container, self.host, resolved.ports, post_start)
 
     def cleanup(self, labels: Mapping[str, str]) -> int:
         if self._client is None:

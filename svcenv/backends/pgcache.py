@@ -1,0 +1,209 @@
+"""Pre-initialised Postgres images: pay ``initdb`` once per configuration, not per container.
+
+The first time a Postgres configuration starts on an engine, svcenv runs a seed
+container with its data directory outside the image's ``VOLUME`` (so that
+``docker commit`` keeps it), waits until it is ready, stops it cleanly and
+commits it as ``svcenv-cache/postgres:<key>``. Every later *fresh* instance of
+that configuration starts from the committed image: the entrypoint finds an
+initialised data directory and skips ``initdb`` and its restart. This is a cache,
+not reuse: each instance is a new container and holds no test data.
+
+The key hashes what ``initdb`` depends on: the base image's id (so a new base
+image invalidates it), the user, the database, ``POSTGRES_INITDB_ARGS`` and the
+other environment of the descriptor, and svcenv's cache format. Server settings
+(``-c``) are not in the key: they are passed on each start and need no initdb.
+The seed's password is not kept: each instance sets its own through the
+container's local socket, sending a SCRAM verifier, never the password itself.
+
+Opt out with ``Postgres(cache=False)`` or ``SVCENV_POSTGRES_CACHE=0``.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import fcntl
+import hashlib
+import hmac
+import json
+import os
+import secrets
+import tempfile
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any, cast
+
+from ..errors import ServiceExited
+
+if TYPE_CHECKING:
+    from testcontainers.core.docker_client import DockerClient
+
+    from ..descriptors import Resolved
+
+CACHE_REPOSITORY = "svcenv-cache/postgres"
+CACHE_LABEL = "svcenv.cache"
+KEY_LABEL = "svcenv.cache-key"
+FORMAT = "1"
+DATA_DIR = "/svcenv-pgdata"
+"""Where cached data lives in the container: outside the image's VOLUME, which commit skips."""
+
+
+def enabled(resolved: Resolved) -> bool:
+    """Whether this service should start from a pre-initialised image."""
+    from ..descriptors import Postgres
+
+    service = resolved.service
+    if not isinstance(service, Postgres) or not service.cache or service.command is not None:
+        return False
+    return os.environ.get("SVCENV_POSTGRES_CACHE", "1").lower() not in ("0", "false", "no", "off")
+
+
+def scram_verifier(password: str, iterations: int = 4096) -> str:
+    """The ``SCRAM-SHA-256$…`` verifier Postgres stores for ``password`` (RFC 5802/7677)."""
+    salt = secrets.token_bytes(16)
+    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations)
+    client_key = hmac.new(salted, b"Client Key", "sha256").digest()
+    stored_key = hashlib.sha256(client_key).digest()
+    server_key = hmac.new(salted, b"Server Key", "sha256").digest()
+    b64 = base64.b64encode
+    return f"SCRAM-SHA-256${iterations}:{b64(salt).decode()}${b64(stored_key).decode()}:{b64(server_key).decode()}"
+
+
+def cache_key(client: DockerClient, resolved: Resolved) -> str:
+    """Hash of everything the initialised data directory depends on."""
+    base_id = client.client.images.get(resolved.image).id
+    env = {k: v for k, v in resolved.env.items() if k != "POSTGRES_PASSWORD"}
+    material = json.dumps({"base": base_id, "env": env, "format": FORMAT}, sort_keys=True)
+    return hashlib.sha256(material.encode()).hexdigest()[:16]
+
+
+@contextlib.contextmanager
+def _locked(key: str) -> Iterator[None]:
+    # Two processes that miss the same key build it once: the second finds the image.
+    path = os.path.join(tempfile.gettempdir(), f"svcenv-pgcache-{os.getuid()}-{key}.lock")
+    with open(path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _find(client: DockerClient, key: str) -> str | None:
+    images = client.client.images.list(filters={"label": [f"{CACHE_LABEL}=true", f"{KEY_LABEL}={key}"]})
+    return f"{CACHE_REPOSITORY}:{key}" if images else None
+
+
+def _build(client: DockerClient, resolved: Resolved, key: str, labels: Mapping[str, str], timeout: float) -> str:
+    """Run a seed container, wait until it is ready, stop it cleanly and commit it."""
+    import psycopg
+
+    seed_env = {**resolved.env, "PGDATA": DATA_DIR, "POSTGRES_PASSWORD": secrets.token_urlsafe(24)}
+    seed = client.client.containers.create(
+        resolved.image,
+        environment=seed_env,
+        labels={**labels, "svcenv.service": f"{resolved.name}-cache-seed"},
+        ports={"5432/tcp": cast(Any, ("127.0.0.1",))},
+        detach=True,
+    )
+    try:
+        seed.start()
+        user, dbname = resolved.env["POSTGRES_USER"], resolved.env["POSTGRES_DB"]
+        deadline = time.monotonic() + timeout
+        while True:
+            seed.reload()
+            if seed.attrs["State"]["Status"] == "exited":
+                raise ServiceExited(f"the cache seed exited: {seed.logs(tail=20).decode(errors='replace')}")
+            port = seed.attrs["NetworkSettings"]["Ports"]["5432/tcp"][0]["HostPort"]
+            try:
+                # Ready on TCP means the entrypoint finished initdb and its restart.
+                with psycopg.connect(
+                    host="127.0.0.1",
+                    port=port,
+                    user=user,
+                    dbname=dbname,
+                    password=seed_env["POSTGRES_PASSWORD"],
+                    connect_timeout=2,
+                ):
+                    break
+            except psycopg.OperationalError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        seed.stop(timeout=30)  # SIGINT (the image's STOPSIGNAL): a clean shutdown, no recovery later
+        base_env = client.client.images.get(resolved.image).attrs["Config"].get("Env") or []
+        seed.commit(
+            repository=CACHE_REPOSITORY,
+            tag=key,
+            conf={
+                "Env": [*base_env, f"PGDATA={DATA_DIR}"],
+                "Labels": {CACHE_LABEL: "true", KEY_LABEL: key, "svcenv.cache-base": resolved.image},
+            },
+        )
+    finally:
+        seed.remove(force=True, v=True)
+    return f"{CACHE_REPOSITORY}:{key}"
+
+
+def prepare(client: DockerClient, resolved: Resolved, labels: Mapping[str, str]) -> tuple[Resolved, bool]:
+    """``resolved`` rewritten to start from the cached image (built now on a miss); and whether it hit."""
+    key = cache_key(client, resolved)
+    image = _find(client, key)
+    hit = image is not None
+    if image is None:
+        with _locked(key):
+            image = _find(client, key) or _build(client, resolved, key, labels, resolved.service.effective_timeout)
+    env = {k: v for k, v in resolved.env.items() if k != "POSTGRES_PASSWORD"}
+    return replace(resolved, image=image, env={**env, "PGDATA": DATA_DIR}), hit
+
+
+def set_password(container: Any, resolved: Resolved, timeout: float) -> None:
+    """Give the instance its own password, through the container's local socket, once it accepts.
+
+    Only a SCRAM verifier crosses into the container; the password itself does not.
+    """
+    user = resolved.env["POSTGRES_USER"]
+    verifier = scram_verifier(resolved.secrets["password"])
+    role = '"' + user.replace('"', '""') + '"'
+    statement = f"ALTER ROLE {role} PASSWORD '{verifier}'"
+    argv = ["psql", "-v", "ON_ERROR_STOP=1", "-qAt", "-U", user, "-d", resolved.env["POSTGRES_DB"], "-c", statement]
+    deadline = time.monotonic() + timeout
+    delay = 0.01
+    while True:
+        code, output = container.exec_run(argv, user="postgres")
+        if code == 0:
+            return
+        container.reload()
+        if container.attrs["State"]["Status"] == "exited":
+            raise ServiceExited(f"exited with status {container.attrs['State']['ExitCode']} before it was ready")
+        if time.monotonic() > deadline:
+            said = bytes(output or b"").decode(errors="replace").strip()
+            raise ServiceExited(f"could not set the instance's password within {timeout:g}s: {said}")
+        time.sleep(delay)
+        delay = min(delay * 2, 0.1)
+
+
+def entries(client: DockerClient) -> list[dict[str, str]]:
+    """The cached images on the engine: tag, base image, size and age."""
+    rows = []
+    for image in client.client.images.list(filters={"label": f"{CACHE_LABEL}=true"}):
+        labels = image.labels or {}
+        rows.append(
+            {
+                "image": f"{CACHE_REPOSITORY}:{labels.get(KEY_LABEL, '?')}",
+                "base": labels.get("svcenv.cache-base", "?"),
+                "size_mb": f"{image.attrs.get('Size', 0) / 1e6:.0f}",
+                "created": str(image.attrs.get("Created", "")),
+            }
+        )
+    return rows
+
+
+def clear(client: DockerClient, key: str | None = None) -> int:
+    """Remove every cached image (or the one for ``key``); return how many."""
+    labels = [f"{CACHE_LABEL}=true"] + ([f"{KEY_LABEL}={key}"] if key else [])
+    images = client.client.images.list(filters={"label": labels})
+    for image in images:
+        client.client.images.remove(str(image.id), force=True)
+    return len(images)
