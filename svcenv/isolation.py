@@ -120,6 +120,7 @@ class PostgresTemplate:
         self.handle = handle
         self.setup = setup
         self.prefetch = prefetch
+        self.max_prefetch = max(prefetch, 6)
         self.token = secrets.token_hex(3)
         self.name = name or f"svcenv_tpl_{self.token}"
         self._counter = itertools.count(1)
@@ -194,12 +195,19 @@ class PostgresTemplate:
             admin.close()
 
     def acquire(self, timeout: float = 60.0) -> tuple[str, psycopg.Connection[Any] | None]:
-        """A fresh database (name, and an open connection to it when prefetched)."""
+        """A fresh database (name, and an open connection to it when prefetched).
+
+        The pool adapts to demand: when a caller finds it empty, one more clone
+        is kept ready from then on, up to :attr:`max_prefetch`.
+        """
         if self.prefetch <= 0:
             return self.clone(), None
         if self._worker is None:
             self._start_worker()
         self._tasks.put(("clone", ""))  # refill while this one is in use
+        if self._ready.empty() and self.prefetch < self.max_prefetch:
+            self.prefetch += 1
+            self._tasks.put(("clone", ""))
         item = self._ready.get(timeout=timeout)
         if isinstance(item, BaseException):
             raise item
