@@ -189,3 +189,14 @@ def test_doctor_reports_each_backend_and_exits_1_when_a_service_has_none() -> No
     assert "elasticsearch: auto uses NOTHING" in result.stdout
     assert "no backend can run: elasticsearch" in result.stderr
     assert "redis: auto uses local" in result.stdout or "redis: auto uses NOTHING" in result.stdout
+
+
+def test_tuned_settings_apply_to_owned_servers_not_external_ones(monkeypatch: pytest.MonkeyPatch) -> None:
+    _local_available()
+    with Environment(Postgres(tuned=False), backend="local") as outside:
+        monkeypatch.setenv("SVCENV_POSTGRES_URL", outside["postgres"].url)
+        with Environment(Postgres(), backend="external") as env, env["postgres"].connect() as conn:
+            assert conn.execute("SHOW fsync").fetchone() == ("on",)  # untouched
+    with Environment(Postgres(), backend="local") as owned, owned["postgres"].connect() as conn:
+        assert conn.execute("SHOW fsync").fetchone() == ("off",)
+        assert conn.execute("SHOW synchronous_commit").fetchone() == ("off",)
