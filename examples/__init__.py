@@ -1,0 +1,1 @@
+"""Examples: a small shop application and its integration tests, written three ways."""
