@@ -176,7 +176,7 @@ class _Manager:
     def descriptors(self) -> tuple[Service, ...]:
         if self.custom is not None:
             return self.custom
-        allowed = list(self.config.getini("svcenv_services"))
+        allowed = [n for line in self.config.getini("svcenv_services") for n in line.replace(",", " ").split()]
         unknown = [name for name in allowed if name not in KINDS]
         if unknown:
             raise ConfigurationError(f"svcenv_services: unknown {unknown}; known: {list(KINDS)}")
