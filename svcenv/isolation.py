@@ -26,6 +26,7 @@ import queue
 import re
 import secrets
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -165,7 +166,7 @@ class PostgresTemplate:
     def drop(self, name: str) -> None:
         """Drop a database now, terminating its connections first."""
         with self._lock:
-            self._conn().execute(f"DROP DATABASE IF EXISTS {_ident(name)} WITH (FORCE)".encode())
+            _drop(self._conn(), name)
 
     # -- the prefetching pool -------------------------------------------------------------------
 
@@ -178,19 +179,28 @@ class PostgresTemplate:
 
     def _work(self) -> None:
         admin = self.handle.connect(autocommit=True)
+        drops: list[str] = []  # dropped when there is nothing to clone: refills come first
         try:
-            while (task := self._tasks.get()) is not None:
-                action, name = task
+            while True:
                 try:
-                    if action == "clone":
-                        name = self._new_name()
-                        admin.execute(f"CREATE DATABASE {_ident(name)} TEMPLATE {_ident(self.name)}".encode())
-                        self._ready.put((name, self.handle.connect(name)))
-                    else:
-                        admin.execute(f"DROP DATABASE IF EXISTS {_ident(name)} WITH (FORCE)".encode())
+                    task = self._tasks.get(timeout=0.02 if drops else None)
+                except queue.Empty:
+                    _drop(admin, drops.pop(0))
+                    continue
+                if task is None:
+                    break
+                action, name = task
+                if action == "drop":
+                    drops.append(name)
+                    continue
+                try:
+                    name = self._new_name()
+                    admin.execute(f"CREATE DATABASE {_ident(name)} TEMPLATE {_ident(self.name)}".encode())
+                    self._ready.put((name, self.handle.connect(name)))
                 except Exception as exc:
-                    if action == "clone":
-                        self._ready.put(exc)
+                    self._ready.put(exc)
+            for name in drops:
+                _drop(admin, name)
         finally:
             admin.close()
 
@@ -258,6 +268,22 @@ class PostgresTemplate:
         if self._admin is not None:
             self._admin.close()
             self._admin = None
+
+
+def _drop(admin: psycopg.Connection[Any], name: str, patience: float = 2.0) -> None:
+    """``DROP DATABASE … WITH (FORCE)``, once the backends of just-closed connections are gone.
+
+    Postgres makes a drop wait in 100 ms steps for backends that are still
+    exiting; polling pg_stat_activity first is much finer-grained.
+    """
+    deadline = time.monotonic() + patience
+    query = b"SELECT count(*) FROM pg_stat_activity WHERE datname = %s"
+    while time.monotonic() < deadline:
+        row = admin.execute(query, (name,)).fetchone()
+        if not row or row[0] == 0:
+            break
+        time.sleep(0.002)
+    admin.execute(f"DROP DATABASE IF EXISTS {_ident(name)} WITH (FORCE)".encode())
 
 
 _SAVEPOINT = "svcenv_test"

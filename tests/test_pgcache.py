@@ -12,6 +12,7 @@ import pytest
 from svcenv import Environment, Postgres
 from svcenv.backends import pgcache
 from svcenv.backends.docker import DockerBackend
+from svcenv.descriptors import RAM_PGDATA
 
 from .conftest import LeakCheck
 
@@ -41,8 +42,9 @@ def test_first_start_builds_the_cache_later_starts_use_it(backend: DockerBackend
     try:
         with Environment(pg, labels=leaks.labels) as first:
             first_password = first[pg].password
+            assert _image_of(first[pg].id).startswith(pgcache.CACHE_REPOSITORY)
             with first[pg].connect() as conn:
-                assert conn.execute("SHOW data_directory").fetchone() == (pgcache.DATA_DIR,)
+                assert conn.execute("SHOW data_directory").fetchone() == (RAM_PGDATA,)  # copied into RAM
                 conn.execute("CREATE TABLE leftover (x int)")
                 conn.commit()
             miss_create = first.timings["postgres"].create_s
@@ -91,12 +93,21 @@ def test_a_new_base_image_invalidates_the_entry(backend: DockerBackend, docker_e
         subprocess.run(["docker", "rmi", "-f", tag], check=True, capture_output=True, timeout=60)
 
 
+def _image_of(container_id: str) -> str:
+    return subprocess.run(
+        ["docker", "inspect", "-f", "{{.Config.Image}}", container_id], capture_output=True, text=True, check=True
+    ).stdout.strip()
+
+
 def test_opt_out_uses_the_plain_image(leaks: LeakCheck, monkeypatch: pytest.MonkeyPatch) -> None:
-    with Environment(Postgres(cache=False), labels=leaks.labels) as env, env["postgres"].connect() as conn:
-        assert conn.execute("SHOW data_directory").fetchone() == ("/var/lib/postgresql/data",)
+    plain = Postgres().effective_image
+    with Environment(Postgres(cache=False), labels=leaks.labels) as env:
+        assert _image_of(env["postgres"].id) == plain
     monkeypatch.setenv("SVCENV_POSTGRES_CACHE", "0")
-    with Environment(Postgres(), labels=leaks.labels) as env, env["postgres"].connect() as conn:
-        assert conn.execute("SHOW data_directory").fetchone() == ("/var/lib/postgresql/data",)
+    with Environment(Postgres(), labels=leaks.labels) as env:
+        assert _image_of(env["postgres"].id) == plain
+    with Environment(Postgres(tuned=False, cache=False), labels=leaks.labels) as env, env["postgres"].connect() as c:
+        assert c.execute("SHOW data_directory").fetchone() == ("/var/lib/postgresql/data",)  # the image's own
 
 
 def test_scram_verifier_is_accepted_by_postgres(leaks: LeakCheck) -> None:

@@ -255,6 +255,7 @@ class DockerBackend(Backend):
             labels=all_labels,
             name=container._name,
             tmpfs=container.tmpfs,
+            entrypoint=list(resolved.entrypoint) if resolved.entrypoint else None,
         )
         container._container = created
         return DockerInstance(container, self.host, resolved.ports, post_start)

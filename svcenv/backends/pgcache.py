@@ -44,9 +44,12 @@ if TYPE_CHECKING:
 CACHE_REPOSITORY = "svcenv-cache/postgres"
 CACHE_LABEL = "svcenv.cache"
 KEY_LABEL = "svcenv.cache-key"
-FORMAT = "1"
+FORMAT = "3"
 DATA_DIR = "/svcenv-pgdata"
-"""Where cached data lives in the container: outside the image's VOLUME, which commit skips."""
+"""Where cached data lives in the image: outside the image's VOLUME, which commit skips."""
+
+COPY_THEN_RUN = 'set -e; cp -a "$SVCENV_PGCACHE/." "$PGDATA/"; exec "$@"'
+"""Wraps the image's entrypoint: copy the cached data into the instance's tmpfs, then start as usual."""
 
 
 def enabled(resolved: Resolved) -> bool:
@@ -73,7 +76,7 @@ def scram_verifier(password: str, iterations: int = 4096) -> str:
 def cache_key(client: DockerClient, resolved: Resolved) -> str:
     """Hash of everything the initialised data directory depends on."""
     base_id = client.client.images.get(resolved.image).id
-    env = {k: v for k, v in resolved.env.items() if k != "POSTGRES_PASSWORD"}
+    env = {k: v for k, v in resolved.env.items() if k not in ("POSTGRES_PASSWORD", "PGDATA")}
     material = json.dumps({"base": base_id, "env": env, "format": FORMAT}, sort_keys=True)
     return hashlib.sha256(material.encode()).hexdigest()[:16]
 
@@ -155,6 +158,19 @@ def prepare(client: DockerClient, resolved: Resolved, labels: Mapping[str, str])
         with _locked(key):
             image = _find(client, key) or _build(client, resolved, key, labels, resolved.service.effective_timeout)
     env = {k: v for k, v in resolved.env.items() if k != "POSTGRES_PASSWORD"}
+    if resolved.tmpfs.get(env.get("PGDATA", "")):
+        # Data in RAM: copy the cached directory into the tmpfs, then run the image's own entrypoint.
+        # (Served from the image's overlay layer instead, CREATE DATABASE is several times slower.)
+        base = client.client.images.get(resolved.image).attrs["Config"]
+        command = (*(base.get("Entrypoint") or ()), *(resolved.command or base.get("Cmd") or ()))
+        cached = replace(
+            resolved,
+            image=image,
+            env={**env, "SVCENV_PGCACHE": DATA_DIR},
+            entrypoint=("/bin/sh", "-c", COPY_THEN_RUN, "svcenv"),
+            command=command,
+        )
+        return cached, hit
     return replace(resolved, image=image, env={**env, "PGDATA": DATA_DIR}), hit
 
 
