@@ -9,8 +9,9 @@ it down, exactly what the pytest fixtures do:
   schema) + connect + query + close + ``DROP DATABASE … WITH (FORCE)``;
 * fresh database from the prefetch pool (what ``postgres_connection`` does):
   hand-over of a pre-cloned, pre-connected database + query; the drop and the
-  next clone run in the background during a simulated 20 ms test body, which is
-  subtracted from the samples;
+  next clone run in the background during a simulated test body of 10 ms and of
+  50 ms, which is subtracted from the samples (a body shorter than one clone
+  cycle drains the pool);
 * transaction rollback: savepoint connection already open, query, rollback;
 * Redis: ``FLUSHDB`` before and after a SET;
 * Elasticsearch prefix cleanup (against the stand-in, not Elasticsearch):
@@ -82,10 +83,13 @@ def main() -> None:
             with template.fresh_database() as name, env[pg].connect(name) as conn:
                 conn.execute("SELECT count(*) FROM t0").fetchone()
 
-        def fresh_from_pool() -> None:
-            with pool.fresh_connection() as conn:
-                conn.execute("SELECT count(*) FROM t0").fetchone()
-                time.sleep(0.02)  # the test's own work, during which the pool refills
+        def from_pool(work_s: float) -> Callable[[], None]:
+            def fresh_from_pool() -> None:
+                with pool.fresh_connection() as conn:
+                    conn.execute("SELECT count(*) FROM t0").fetchone()
+                    time.sleep(work_s)  # the test's own work, during which the pool refills
+
+            return fresh_from_pool
 
         rollback_db = template.clone()
         with rollback_connection(env[pg], rollback_db) as conn:
@@ -99,8 +103,10 @@ def main() -> None:
         template.drop(rollback_db)
         samples["fresh database (template clone)"] = _measure(fresh_database, args.rounds)
         template.destroy()
-        raw = _measure(fresh_from_pool, args.rounds)
-        samples["fresh database (prefetch pool)"] = [ms - 20.0 for ms in raw]  # minus the simulated work
+        for work_ms in (10, 50):
+            raw = _measure(from_pool(work_ms / 1000), args.rounds)
+            name = f"fresh database (pool, {work_ms} ms test body)"
+            samples[name] = [ms - work_ms for ms in raw]  # minus the simulated work
         pool.destroy()
 
         client = env[rd].client(db=1)
