@@ -40,7 +40,13 @@ def lint(session: nox.Session) -> None:
 @nox.session
 def bench(session: nox.Session) -> None:
     """Start-up benchmarks: svcenv vs testcontainers vs the raw floor (prints a table, writes JSON)."""
-    session.install("-e", ".[test]")
-    scripts = session.posargs or ["benchmarks/startup.py"]
+    session.install("-e", ".[test]", "matplotlib")
+    scripts = session.posargs or [
+        "benchmarks/startup.py",
+        "benchmarks/isolation.py",
+        "benchmarks/local_start.py",
+        "benchmarks/perf.py",
+        "benchmarks/suite.py",
+    ]
     for script in scripts:
         session.run("python", script, env=_image_env())
