@@ -49,7 +49,8 @@ from .isolation import (
     claim_redis_db,
     delete_indices,
     redis_db_for_worker,
-    rollback_connection,
+    rolled_back,
+    savepoint_connection,
 )
 
 if TYPE_CHECKING:
@@ -440,12 +441,31 @@ def _svcenv_rollback_database(svcenv_postgres_template: PostgresTemplate) -> Ite
     svcenv_postgres_template.drop(name)
 
 
+@pytest.fixture(scope="session")
+def _svcenv_rollback_state(
+    postgres_service: PostgresHandle, _svcenv_rollback_database: str
+) -> Iterator[dict[str, psycopg.Connection[Any]]]:
+    state: dict[str, psycopg.Connection[Any]] = {}
+    yield state
+    if "conn" in state:
+        state["conn"].close()
+
+
 @pytest.fixture
 def postgres_transaction(
-    postgres_service: PostgresHandle, _svcenv_rollback_database: str
+    postgres_service: PostgresHandle,
+    _svcenv_rollback_database: str,
+    _svcenv_rollback_state: dict[str, psycopg.Connection[Any]],
 ) -> Iterator[psycopg.Connection[Any]]:
-    """A connection whose work, commits included, is rolled back after the test."""
-    with rollback_connection(postgres_service, _svcenv_rollback_database) as conn:
+    """A connection whose work, commits included, is rolled back after the test.
+
+    One connection per worker serves every such test (a transaction each), so a
+    test pays no connect; a test that closes or breaks it gets a new one next time.
+    """
+    conn = _svcenv_rollback_state.get("conn")
+    if conn is None or conn.closed or conn.broken:
+        conn = _svcenv_rollback_state["conn"] = savepoint_connection(postgres_service, _svcenv_rollback_database)
+    with rolled_back(conn):
         yield conn
 
 
