@@ -119,7 +119,14 @@ class PostgresTemplate:
     sessions) can share one server without colliding.
     """
 
-    def __init__(self, handle: PostgresHandle, setup: Setup = None, name: str | None = None, prefetch: int = 0) -> None:
+    def __init__(
+        self,
+        handle: PostgresHandle,
+        setup: Setup = None,
+        name: str | None = None,
+        prefetch: int = 0,
+        workers: int = 2,
+    ) -> None:
         self.handle = handle
         self.setup = setup
         self.prefetch = prefetch
@@ -133,6 +140,8 @@ class PostgresTemplate:
         self._ready: queue.Queue[tuple[str, psycopg.Connection[Any] | None] | BaseException] = queue.Queue()
         self._tasks: queue.Queue[tuple[str, str] | None] = queue.Queue()
         self._worker: threading.Thread | None = None
+        self._workers: list[threading.Thread] = []
+        self.workers = max(1, workers)
 
     def _conn(self) -> psycopg.Connection[Any]:
         if self._admin is None or self._admin.closed:
@@ -174,8 +183,14 @@ class PostgresTemplate:
 
     def _start_worker(self) -> None:
         self.build()
-        self._worker = threading.Thread(target=self._work, name=f"svcenv-pool-{self.token}", daemon=True)
-        self._worker.start()
+        # Several workers (each with its own admin connection) keep up with short tests.
+        self._workers = [
+            threading.Thread(target=self._work, name=f"svcenv-pool-{self.token}-{i}", daemon=True)
+            for i in range(self.workers)
+        ]
+        for thread in self._workers:
+            thread.start()
+        self._worker = self._workers[0]
         for _ in range(self.prefetch):
             self._tasks.put(("clone", ""))
 
@@ -257,8 +272,10 @@ class PostgresTemplate:
     def destroy(self) -> None:
         """Drop every prefetched clone and the template, and close connections."""
         if self._worker is not None:
-            self._tasks.put(None)
-            self._worker.join(timeout=60)
+            for _ in self._workers:
+                self._tasks.put(None)
+            for thread in self._workers:
+                thread.join(timeout=60)
             self._worker = None
             while not self._ready.empty():
                 item = self._ready.get_nowait()
