@@ -12,6 +12,8 @@ Fixtures, with nothing to configure::
 * ``postgres_transaction``: a connection whose work (commits included) is
   rolled back after the test. Not for code that opens its own connections or a pool.
 * ``redis_client``: a client on the worker's own logical db, ``FLUSHDB`` before and after.
+* ``postgres_async_connection`` / ``redis_async_client``: async twins of the two
+  above, available when pytest-asyncio is installed.
 * ``elasticsearch_client`` / ``elasticsearch_prefix``: a per-test index prefix;
   the indices under it are deleted after the test.
 * ``svcenv_env_vars``: puts ``env_vars()`` into ``os.environ`` for the test
@@ -29,13 +31,14 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import importlib.util
 import itertools
 import json
 import os
 import secrets
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -72,6 +75,8 @@ FIXTURE_NEEDS = {
     "postgres_transaction": "postgres",
     "redis_service": "redis",
     "redis_client": "redis",
+    "redis_async_client": "redis",
+    "postgres_async_connection": "postgres",
     "elasticsearch_service": "elasticsearch",
     "elasticsearch_client": "elasticsearch",
     "elasticsearch_prefix": "elasticsearch",
@@ -528,3 +533,37 @@ def svcenv_env_vars(
     for key, value in variables.items():
         monkeypatch.setenv(key, value)
     return variables
+
+
+# -- async twins (when pytest-asyncio is installed) ---------------------------------------------
+
+if importlib.util.find_spec("pytest_asyncio") is not None:  # async fixtures need an async runner plugin
+    import pytest_asyncio
+    import redis.asyncio
+
+    @pytest_asyncio.fixture
+    async def postgres_async_connection(
+        postgres_service: PostgresHandle, postgres_database: str
+    ) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        """An async psycopg connection to the test's own fresh database (as ``postgres_connection``)."""
+        conn = await postgres_service.connect_async(postgres_database)
+        try:
+            yield conn
+        finally:
+            await conn.close()
+
+    @pytest_asyncio.fixture
+    async def redis_async_client(
+        redis_service: RedisHandle, pytestconfig: pytest.Config
+    ) -> AsyncIterator[redis.asyncio.Redis]:
+        """An async client on this worker's logical database, flushed before and after (as ``redis_client``)."""
+        client = redis_service.async_client(db=redis_db_for_worker(_worker(pytestconfig)))
+        sync = redis_service.client(db=redis_db_for_worker(_worker(pytestconfig)))
+        claim_redis_db(sync, redis_service.backend, redis_service.url)
+        sync.close()
+        await client.flushdb()
+        try:
+            yield client
+        finally:
+            await client.flushdb()
+            await client.aclose()

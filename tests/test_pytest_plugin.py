@@ -230,3 +230,28 @@ def test_keep_leaves_services_running(pytester: pytest.Pytester, docker_engine: 
         ids = containers(f"svcenv.environment={env_id}")
         if ids:
             os.system(f"docker rm -fv {' '.join(ids)} >/dev/null")  # noqa: S605
+
+
+def test_async_twins_with_pytest_asyncio(pytester: pytest.Pytester, docker_engine: None) -> None:
+    pytest.importorskip("pytest_asyncio")
+    pytester.makeini("[pytest]\nasyncio_mode = auto\nsvcenv_postgres_setup = CREATE TABLE notes (body text);\n")
+    pytester.makepyfile(
+        test_async="""
+        import pytest
+
+        @pytest.mark.parametrize("n", [1, 2])
+        async def test_postgres(postgres_async_connection, n):
+            cur = await postgres_async_connection.execute("SELECT count(*) FROM notes")
+            assert await cur.fetchone() == (0,)
+            await postgres_async_connection.execute("INSERT INTO notes VALUES ('x')")
+            await postgres_async_connection.commit()
+
+        @pytest.mark.parametrize("n", [1, 2])
+        async def test_redis(redis_async_client, n):
+            assert await redis_async_client.dbsize() == 0
+            await redis_async_client.set("k", "v")
+        """
+    )
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=4)
+    assert containers(f"svcenv.environment={_env_id(result.stdout.str())}") == []
