@@ -231,6 +231,16 @@ class Environment:
         if interrupted is not None:
             raise interrupted
 
+    def disown(self) -> None:
+        """Let the services outlive this process, e.g. to keep them for a later run.
+
+        Docker containers are otherwise removed by a reaper when the owning
+        process dies. ``stop()`` still removes them. Local processes always end
+        with their owner.
+        """
+        for backend in set(self._backends.values()):
+            backend.disown()
+
     def __enter__(self) -> Self:
         return self.start()
 

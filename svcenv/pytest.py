@@ -233,6 +233,7 @@ class _Manager:
         if env is None:
             return
         if self.config.getoption("--svcenv-keep"):
+            env.disown()
             self.summary.append(
                 f"--svcenv-keep: environment {env.id} is still running; remove it with "
                 f"`docker rm -fv $(docker ps -aq --filter label=svcenv.environment={env.id})`"

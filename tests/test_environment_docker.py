@@ -322,3 +322,30 @@ def test_owned_postgres_is_tuned_for_tests_unless_told_not_to(leaks: LeakCheck) 
             assert conn.execute("SHOW synchronous_commit").fetchone() == ("off",)
         with env[safe].connect() as conn:
             assert conn.execute("SHOW fsync").fetchone() == ("on",)
+
+
+def test_sigkilled_owner_leaves_nothing(docker_engine: None) -> None:
+    """No Ryuk: the reaper removes the containers (and volumes) of an owner killed with SIGKILL."""
+    token = os.urandom(6).hex()
+    script = textwrap.dedent(
+        f"""
+        import time
+        from svcenv import Environment, Postgres, Redis
+        env = Environment(Postgres(), Redis(), labels={{"svcenv.test": "{token}"}}).start()
+        print("ready", flush=True)
+        time.sleep(600)
+        """
+    )
+    volumes_before = set(docker("volume", "ls", "-qf", "dangling=true").split())
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == "ready"
+    assert len(containers(f"svcenv.test={token}")) == 2
+    proc.kill()
+    proc.wait(timeout=10)
+    killed = time.monotonic()
+    while containers(f"svcenv.test={token}") and time.monotonic() - killed < 15:
+        time.sleep(0.1)
+    assert containers(f"svcenv.test={token}") == [], "the reaper did not remove the containers"
+    assert time.monotonic() - killed < 15
+    assert set(docker("volume", "ls", "-qf", "dangling=true").split()) <= volumes_before

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import time
 from pathlib import Path
 
 import pytest
@@ -224,6 +225,7 @@ def test_keep_leaves_services_running(pytester: pytest.Pytester, docker_engine: 
     result.assert_outcomes(passed=1)
     env_id = _env_id(result.stdout.str())
     try:
+        time.sleep(3)  # long enough for a (wrongly) armed reaper to remove it after pytest exited
         assert len(containers(f"svcenv.environment={env_id}")) == 1
         result.stdout.fnmatch_lines(["*--svcenv-keep: environment * is still running*docker rm -fv*"])
     finally:

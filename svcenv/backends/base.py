@@ -104,5 +104,8 @@ class Backend(ABC):
     def cleanup(self, labels: Mapping[str, str]) -> int:
         """Remove anything this backend made that carries ``labels``; return how many."""
 
+    def disown(self) -> None:
+        """Let the services outlive this process (disarm crash cleanup); ``stop()`` still removes them."""
+
     def close(self) -> None:
         """Release the backend's own resources (clients, sockets)."""

@@ -10,21 +10,26 @@ What svcenv changes from testcontainers' defaults, and why:
   container (testcontainers would pick the bridge gateway), to the engine's host
   for a remote one, or to ``TESTCONTAINERS_HOST_OVERRIDE`` if set.
 * No Ryuk: containers carry ``svcenv.*`` labels and the environment removes them
-  by label on every exit path, so nothing depends on pulling Ryuk's image.
+  by label on every exit path. If the owner dies (even by SIGKILL), a small
+  reaper process (:mod:`svcenv.backends._docker_reaper`) removes them instead;
+  ``SVCENV_REAPER=0`` turns it off. Nothing depends on pulling Ryuk's image.
 * Containers are removed with their anonymous volumes (the postgres image
   declares a ``VOLUME``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
+import subprocess
+import sys
 import urllib.parse
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, cast
 
 from ..errors import BackendUnavailable, ImageUnavailable, ServiceExited
-from .base import LABEL_SERVICE, Backend, Instance
+from .base import LABEL_ENVIRONMENT, LABEL_SERVICE, Backend, Instance
 
 if TYPE_CHECKING:
     from docker.models.containers import Container
@@ -148,6 +153,29 @@ class DockerBackend(Backend):
         self._client: DockerClient | None = None
         self._host: str | None = None
         self._error: BackendUnavailable | None = None
+        self._reaper: subprocess.Popen[bytes] | None = None
+
+    def _arm_reaper(self, env_id: str) -> None:
+        """Start the process that removes this environment's containers if this process dies."""
+        if self._reaper is not None or os.environ.get("SVCENV_REAPER", "1").lower() in ("0", "false", "no", "off"):
+            return
+        self._reaper = subprocess.Popen(
+            [sys.executable, "-m", "svcenv.backends._docker_reaper", env_id],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,  # a Ctrl-C for the owner's process group must not reach it
+        )
+
+    def disown(self) -> None:
+        """Disarm the reaper: the containers may outlive this process (they are still removed by stop())."""
+        reaper, self._reaper = self._reaper, None
+        if reaper is not None and reaper.stdin is not None:
+            with contextlib.suppress(OSError):
+                reaper.stdin.write(b"disarm")
+                reaper.stdin.close()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                reaper.wait(timeout=5)
 
     @property
     def client(self) -> DockerClient:
@@ -221,6 +249,7 @@ class DockerBackend(Backend):
 
         from . import pgcache
 
+        self._arm_reaper(labels.get(LABEL_ENVIRONMENT, ""))
         self._ensure_image(resolved)
         post_start: Callable[[Any], None] | None = None
         if pgcache.enabled(resolved):
@@ -279,5 +308,6 @@ class DockerBackend(Backend):
         return removed
 
     def close(self) -> None:
+        self.disown()  # everything is removed by now: the reaper has nothing left to do
         if self._client is not None:
             self._client.client.close()
