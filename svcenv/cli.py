@@ -71,6 +71,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     env = Environment(*services, backend=args.backend, timeout=args.timeout)
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _on_sigterm)
+        # A shell starts background jobs with SIGINT ignored; `up` promises to stop on it.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     names = ", ".join(s.name for s in services)
     print(f"svcenv: starting {names} ...", file=sys.stderr, flush=True)
     started = time.monotonic()
