@@ -47,7 +47,35 @@ def _parser() -> argparse.ArgumentParser:
         "`auto` would pick. Exits 1 if a requested service has no backend.",
     )
     doctor.add_argument("services", nargs="*", metavar="SERVICE", help=f"one of {', '.join(KINDS)} (default: all)")
+    cache = commands.add_parser(
+        "cache",
+        help="list or clear the pre-initialised Postgres images",
+        description="svcenv keeps one pre-initialised Postgres image per configuration on the Docker engine "
+        "(svcenv-cache/postgres:<key>); fresh instances start from it. `list` shows them, `clear` removes them.",
+    )
+    cache.add_argument("action", choices=("list", "clear"))
     return parser
+
+
+def cmd_cache(args: argparse.Namespace) -> int:
+    """List or remove the pre-initialised Postgres images."""
+    from .backends import pgcache
+    from .backends.docker import DockerBackend
+
+    backend = DockerBackend()
+    backend.check()
+    try:
+        if args.action == "clear":
+            print(f"removed {pgcache.clear(backend.client)} cached image(s)")
+            return EXIT_OK
+        rows = pgcache.entries(backend.client)
+        if not rows:
+            print("no cached Postgres images")
+        for row in rows:
+            print(f"{row['image']}  base {row['base']}  {row['size_mb']} MB  created {row['created'][:19]}")
+        return EXIT_OK
+    finally:
+        backend.close()
 
 
 def _services(names: Sequence[str]) -> list[Service]:
@@ -146,6 +174,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "doctor":
             return cmd_doctor(args)
+        if args.command == "cache":
+            return cmd_cache(args)
         return cmd_up(args)
     except (_UsageError, ConfigurationError) as exc:
         parser.print_usage(sys.stderr)

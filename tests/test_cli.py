@@ -76,3 +76,16 @@ def test_failed_start_exits_1_with_the_cause(docker_engine: None) -> None:
     assert "svcenv-test/absent:0" in result.stderr
     assert "SVCENV_REDIS_IMAGE" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_cache_list_shows_the_pre_initialised_image(docker_engine: None) -> None:
+    from svcenv import Environment, Postgres
+
+    with Environment(Postgres()):
+        pass  # makes sure the default configuration's cached image exists
+    result = subprocess.run(
+        [sys.executable, "-m", "svcenv", "cache", "list"], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert "svcenv-cache/postgres:" in result.stdout
+    assert f"base {os.environ['SVCENV_POSTGRES_IMAGE']}" in result.stdout
