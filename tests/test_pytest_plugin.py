@@ -257,3 +257,30 @@ def test_async_twins_with_pytest_asyncio(pytester: pytest.Pytester, docker_engin
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
     result.assert_outcomes(passed=4)
     assert containers(f"svcenv.environment={_env_id(result.stdout.str())}") == []
+
+
+def test_xdist_per_worker_mode_gives_each_worker_its_own_environment(
+    pytester: pytest.Pytester, docker_engine: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytester.makeini("[pytest]\nsvcenv_xdist = per-worker\n")
+    pytester.makepyfile(
+        test_per_worker="""
+        import json, os, pathlib, time
+        import pytest
+
+        @pytest.mark.parametrize("n", range(4))
+        def test_it(svcenv, redis_client, n):
+            time.sleep(0.3)
+            out = pathlib.Path(os.environ["SVCENV_TEST_OUT"]) / f"{os.environ['PYTEST_XDIST_WORKER']}.{n}"
+            out.write_text(json.dumps({"env": svcenv.id, "attached": svcenv.attached}))
+        """
+    )
+    monkeypatch.setenv("SVCENV_TEST_OUT", str(tmp_path))
+    result = pytester.runpytest_subprocess("-n", "2", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=4)
+    records = {p.name.split(".")[0]: json.loads(p.read_text()) for p in tmp_path.iterdir()}
+    assert set(records) == {"gw0", "gw1"}
+    assert records["gw0"]["env"] != records["gw1"]["env"]
+    assert not any(r["attached"] for r in records.values())
+    for record in records.values():
+        assert containers(f"svcenv.environment={record['env']}") == []
