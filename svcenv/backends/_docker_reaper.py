@@ -15,30 +15,43 @@ does not reach it, and it imports the Docker SDK only when it has work to do.
 from __future__ import annotations
 
 import sys
+from collections.abc import Mapping
+from typing import Any
+
+
+def remove_labelled(client: Any, labels: Mapping[str, str], spare_kept: bool = False) -> int:
+    """Remove (with their anonymous volumes) the containers carrying every one of ``labels``.
+
+    ``client`` is a Docker SDK client. With ``spare_kept``, containers labelled
+    ``svcenv.keep=true`` are left alone. Returns how many were removed.
+    """
+    import docker.errors
+
+    removed = 0
+    filters = {"label": [f"{k}={v}" for k, v in labels.items()]}
+    for container in client.containers.list(all=True, filters=filters):
+        if spare_kept and (container.labels or {}).get("svcenv.keep") == "true":
+            continue
+        try:
+            container.remove(force=True, v=True)
+            removed += 1
+        except docker.errors.NotFound:
+            pass
+        except docker.errors.APIError as exc:
+            if exc.status_code != 409:  # 409: another path is removing it already
+                raise
+    return removed
 
 
 def reap(env_id: str) -> int:
-    """Remove the environment's containers; return how many."""
+    """Remove the environment's containers, sparing kept ones; return how many."""
     import docker
-    import docker.errors
 
     client = docker.from_env(timeout=30)
-    removed = 0
     try:
-        for container in client.containers.list(all=True, filters={"label": f"svcenv.environment={env_id}"}):
-            if (container.labels or {}).get("svcenv.keep") == "true":
-                continue
-            try:
-                container.remove(force=True, v=True)
-                removed += 1
-            except docker.errors.NotFound:
-                pass
-            except docker.errors.APIError as exc:
-                if exc.status_code != 409:  # 409: another path is removing it already
-                    raise
+        return remove_labelled(client, {"svcenv.environment": env_id}, spare_kept=True)
     finally:
         client.close()
-    return removed
 
 
 def main(argv: list[str]) -> int:

@@ -292,20 +292,9 @@ class DockerBackend(Backend):
     def cleanup(self, labels: Mapping[str, str]) -> int:
         if self._client is None:
             return 0
-        import docker.errors
+        from ._docker_reaper import remove_labelled
 
-        filters: dict[str, str | list[str] | bool] = {"label": [f"{k}={v}" for k, v in labels.items()]}
-        removed = 0
-        for container in self.client.client.containers.list(all=True, filters=filters):
-            try:
-                container.remove(force=True, v=True)
-                removed += 1
-            except docker.errors.NotFound:
-                pass
-            except docker.errors.APIError as exc:
-                if exc.status_code != 409:
-                    raise
-        return removed
+        return remove_labelled(self.client.client, labels)
 
     def close(self) -> None:
         self.disown()  # everything is removed by now: the reaper has nothing left to do
