@@ -182,6 +182,13 @@ class _Manager:
     def descriptors(self) -> tuple[Service, ...]:
         if self.custom is not None:
             return self.custom
+        from .config import load_config
+
+        project = load_config(start=self.config.rootpath)  # [tool.svcenv] / svcenv.toml, shared with the CLI
+        if project.declared:
+            declared = list(project.services)
+            chosen = declared if ALL in self.needed else [n for n in declared if n in self.needed]
+            return tuple(project.descriptors(chosen)) if chosen else ()
         allowed = [n for line in self.config.getini("svcenv_services") for n in line.replace(",", " ").split()]
         unknown = [name for name in allowed if name not in KINDS]
         if unknown:
