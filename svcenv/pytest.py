@@ -55,6 +55,7 @@ from .isolation import (
     rolled_back,
     savepoint_connection,
 )
+from .state import pid_alive
 
 if TYPE_CHECKING:
     import elasticsearch
@@ -322,7 +323,7 @@ class _XdistShare:
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
             with self._locked():
-                alive = {pid for pid in self._read_members() if _alive(pid)}
+                alive = {pid for pid in self._read_members() if pid_alive(pid)}
             if not alive:
                 break
             time.sleep(0.1)
@@ -331,16 +332,6 @@ class _XdistShare:
             for path in (self.state, self.members, self.dir / "lock"):
                 path.unlink(missing_ok=True)
             self.dir.rmdir()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 # -- declaring custom descriptors ---------------------------------------------------------------

@@ -1,0 +1,231 @@
+"""Commands that read the state dir: ``down``, ``status``, ``env``, ``logs``, ``prune``."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import shlex
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+
+from ..config import ProjectConfig
+from ..errors import SvcenvError
+from ..state import Record, StateDir, entries_of, pid_alive, project_key
+from ._common import EXIT_FAILED, EXIT_OK, Failed, LazyDocker, UsageError, is_docker, print_dotenv, project_config, say
+
+# -- down, status, env, logs, prune -------------------------------------------------------------
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    """Remove detached environments and reused services (this project's, or all)."""
+    from ..reuse import remove_entry
+
+    config = None if args.all else project_config(args)
+    store = StateDir()
+    key = None if config is None else project_key(config.project_dir)
+    client = LazyDocker()
+    removed = 0
+    services: list[str] = []
+    try:
+        for record in store.environments(key):
+            if record.get("mode") == "foreground" and pid_alive(int(record.get("pid", 0))):
+                say(f"foreground environment {record['id']} (pid {record['pid']}) still runs; stop it with Ctrl-C")
+                continue
+            for entry in entries_of(record).values():
+                if not entry.get("reuse_hash"):
+                    removed += remove_entry(client(), entry) if is_docker(entry) else 0
+                    services.append(str(entry["name"]))
+            store.delete(store.env_file(str(record["id"])))
+        for record in store.reused(key):
+            with store.lock(f"reuse-{record['hash']}"):
+                entry = record["service"]
+                removed += remove_entry(client(), entry) if is_docker(entry) else 0
+                services.append(f"{entry['name']} (reused)")
+                store.delete(store.reuse_file(str(record["hash"])))
+    finally:
+        client.close()
+    where = "all projects" if key is None else str(config.project_dir if config else "")
+    if not services:
+        print(f"nothing recorded for {where}")
+    else:
+        print(f"stopped {', '.join(services)} ({removed} container(s) removed) for {where}")
+    return EXIT_OK
+
+
+def _project_entries(store: StateDir, config: ProjectConfig) -> dict[str, Record]:
+    """This project's running services: its newest live environment record, else its reused services."""
+    from ..reuse import config_hash
+
+    key = project_key(config.project_dir)
+    for record in reversed(store.environments(key)):
+        if record.get("mode") == "detached" or pid_alive(int(record.get("pid", 0))):
+            return entries_of(record)
+    current: dict[str, str] = {}
+    with contextlib.suppress(SvcenvError):
+        current = {s.name: config_hash(s, config.project_dir) for s in config.descriptors()}
+    chosen: dict[str, Record] = {}
+    for record in store.reused(key):  # oldest first: newer ones win, the current configuration's wins
+        entry = record["service"]
+        name = str(entry["name"])
+        keep_chosen = name in chosen and current.get(name) == chosen[name].get("reuse_hash")
+        if not keep_chosen or current.get(name) == record["hash"]:
+            chosen[name] = entry
+    if not chosen:
+        raise Failed(
+            f"no running environment for project {config.project_dir}; start one with `python -m svcenv up --detach`"
+        )
+    return chosen
+
+
+def cmd_env(args: argparse.Namespace) -> int:
+    """Print the variables of this project's running environment."""
+    from ..reuse import attach_entries
+
+    config = project_config(args)
+    variables = attach_entries(_project_entries(StateDir(), config)).env_vars()
+    if args.format == "json":
+        print(json.dumps(variables, indent=2))
+    elif args.format == "shell":
+        for key, value in variables.items():
+            print(f"export {key}={shlex.quote(value)}")
+    else:
+        print_dotenv(variables)
+    return EXIT_OK
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    """Print a running service's log."""
+    config = project_config(args)
+    entries = _project_entries(StateDir(), config)
+    entry = entries.get(args.service)
+    if entry is None:
+        raise UsageError(f"no running service {args.service!r}; running: {', '.join(entries)}")
+    backend = entry["snapshot"]["backend"]
+    if backend == "docker":
+        from ..reuse import docker_client
+
+        client = docker_client()
+        try:
+            raw = client.containers.get(entry["snapshot"]["id"]).logs(tail=args.tail if args.tail else "all")
+        finally:
+            client.close()
+        sys.stdout.write(bytes(raw).decode("utf-8", errors="replace"))
+    elif backend == "local" and entry.get("log_path"):
+        text = Path(entry["log_path"]).read_text(errors="replace")
+        lines = text.splitlines(keepends=True)
+        sys.stdout.write("".join(lines[-args.tail :] if args.tail else lines))
+    else:
+        raise Failed(f"service {args.service!r} runs on the {backend} backend; svcenv keeps no log of it")
+    sys.stdout.flush()
+    return EXIT_OK
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Print recorded environments and reused services with their health."""
+    from ..reuse import attach_entries, health
+
+    store = StateDir()
+    records = store.environments()
+    listed = {str(e.get("env_id")) for r in records for e in entries_of(r).values()}
+    reused = [r for r in store.reused() if str(r["service"].get("env_id")) not in listed]
+    if not records and not reused:
+        print(f"no running environments ({store.root})")
+        return EXIT_OK
+    client = LazyDocker()
+    bad = 0
+    try:
+        for record in [*records, *reused]:
+            if "hash" in record:
+                title = f"reused service of {record.get('project_dir')}"
+            else:
+                owner = record.get("pid", 0)
+                alive = "" if record.get("mode") == "detached" or pid_alive(int(owner)) else ", owner gone"
+                title = f"{record.get('mode')} environment {record['id']} of {record.get('project_dir')}"
+                title += f" (pid {owner}{alive})"
+            print(title)
+            for name, entry in entries_of(record).items():
+                handle = attach_entries({name: entry})[name]
+                docker = client() if handle.backend == "docker" else None
+                verdict = health(handle, docker)
+                bad += verdict != "healthy"
+                address = f"{handle.host}:{handle.port}" if handle.ports else handle.host
+                mark = "  reused" if entry.get("reuse_hash") else ""
+                print(f"  {name:<14} {handle.backend:<8} {address:<21} {verdict}{mark}")
+    finally:
+        client.close()
+    return EXIT_FAILED if bad else EXIT_OK
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    """Remove containers, records and local dirs whose owner is gone (sparing recorded kept ones)."""
+    from ..reuse import LABEL_KEEP, LABEL_STATE_DIR, container_state, remove_entry
+
+    store = StateDir()
+    client = LazyDocker()
+    records = containers = 0
+    try:
+        for record in store.environments():
+            entries = entries_of(record).values()
+            if record.get("mode") == "foreground":
+                gone = not pid_alive(int(record.get("pid", 0)))
+            else:
+                ids = [e["snapshot"]["id"] for e in entries if is_docker(e)]
+                gone = bool(ids) and all(container_state(client(), str(i))[0] != "running" for i in ids)
+            if gone:
+                for entry in entries:
+                    if is_docker(entry) and not entry.get("reuse_hash"):
+                        containers += remove_entry(client(), entry)
+                store.delete(store.env_file(str(record["id"])))
+                records += 1
+        for record in store.reused():
+            with store.lock(f"reuse-{record['hash']}"):
+                entry = record["service"]
+                if is_docker(entry) and container_state(client(), str(entry["snapshot"]["id"]))[0] != "running":
+                    containers += remove_entry(client(), entry)
+                    store.delete(store.reuse_file(str(record["hash"])))
+                    records += 1
+        only = dict(label.partition("=")[::2] for label in args.label)
+        containers += _prune_containers(client, only, LABEL_KEEP, LABEL_STATE_DIR)
+    finally:
+        client.close()
+    from ..backends.local import sweep_stale
+
+    directories = sweep_stale()
+    print(f"pruned {containers} container(s), {records} record(s), {directories} local server dir(s)")
+    return EXIT_OK
+
+
+def _prune_containers(client: LazyDocker, only: Mapping[str, str], keep_label: str, dir_label: str) -> int:
+    from ..backends.base import LABEL_ENVIRONMENT, LABEL_OWNER_PID
+
+    try:
+        client().ping()
+    except Exception:
+        return 0  # no engine answers: no containers to prune
+    references: dict[str, set[str] | None] = {}
+
+    def recorded(directory: str, env_id: str) -> bool:
+        if directory not in references:
+            path = Path(directory)
+            try:
+                references[directory] = StateDir(path, create=False).referenced_env_ids() if path.is_dir() else set()
+            except OSError:
+                references[directory] = None  # unreadable: assume it still records it
+        refs = references[directory]
+        return refs is None or env_id in refs
+
+    removed = 0
+    filters = {"label": [LABEL_ENVIRONMENT, *(f"{k}={v}" for k, v in only.items())]}
+    for container in client().containers.list(all=True, filters=filters):
+        labels = container.labels or {}
+        owner = labels.get(LABEL_OWNER_PID, "")
+        if owner.isdigit() and pid_alive(int(owner)):
+            continue
+        if labels.get(keep_label) == "true" and recorded(labels.get(dir_label, ""), labels.get(LABEL_ENVIRONMENT, "")):
+            continue
+        with contextlib.suppress(Exception):
+            container.remove(force=True, v=True)
+            removed += 1
+    return removed

@@ -1,0 +1,318 @@
+"""Commands that start services: ``up`` (foreground or ``--detach``) and ``run``."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from types import FrameType
+
+from ..backends import Backend
+from ..config import ProjectConfig
+from ..descriptors import Service
+from ..environment import Environment
+from ..errors import ConfigurationError
+from ..state import Record, StateDir, entries_of, new_record, project_key
+from ._common import (
+    EXIT_OK,
+    FALSY,
+    IN_CI,
+    TRUTHY,
+    Failed,
+    Terminated,
+    UsageError,
+    install_stop_signals,
+    print_dotenv,
+    project_config,
+    say,
+)
+from ._progress import Progress
+
+# -- starting services --------------------------------------------------------------------------
+
+
+@dataclass
+class Running:
+    """Services this CLI process started or attached to."""
+
+    env: Environment
+    """Handles and variables (an attached environment when services are reused)."""
+    entries: dict[str, Record]
+    outcomes: dict[str, str]
+    seconds: dict[str, float]
+    stop: Callable[[], None]
+    """Removes what is not reused; reused services stay."""
+    disown: Callable[[], None]
+    reused: bool = False
+
+
+def _reuse_wanted(args: argparse.Namespace, config: ProjectConfig) -> bool:
+    setting = os.environ.get("SVCENV_REUSE", "").strip().lower()
+    force = bool(args.force_reuse) or setting == "force"
+    if args.no_reuse:
+        return False
+    wanted = args.reuse or force or setting in TRUTHY or (config.reuse and setting not in FALSY)
+    if wanted and IN_CI and not force:
+        say("CI=true: starting fresh services, not reusing (pass --force-reuse or SVCENV_REUSE=force to reuse)")
+        return False
+    return bool(wanted)
+
+
+def select_services(config: ProjectConfig, names: Sequence[str]) -> list[Service]:
+    try:
+        config.select(names)
+    except ConfigurationError as exc:
+        raise UsageError(str(exc)) from None
+    return config.descriptors(names, apply_defaults=False)  # --backend/--timeout, else the file's, apply
+
+
+def _refuse_local(services: Sequence[Service], backend: str | None) -> None:
+    """``--detach`` needs servers that outlive the CLI: local ones end with their owner."""
+    from ..backends import choose, requested_backend
+
+    made: dict[str, Backend] = {}
+    try:
+        for service in services:
+            if choose(service, requested_backend(service, backend), made).name == "local":
+                raise UsageError(
+                    f"service {service.name!r} would run on the local backend, whose servers end with the "
+                    "process that started them; --detach needs docker (or external). "
+                    "Use `up` in the foreground, or --backend docker."
+                )
+    finally:
+        for made_backend in made.values():
+            made_backend.close()
+
+
+def _start(args: argparse.Namespace, config: ProjectConfig, store: StateDir, detach: bool) -> Running:
+    """Start (or attach to) the requested services with live progress; raises on failure or Ctrl-C."""
+    from ..reuse import LABEL_KEEP, LABEL_PROJECT, LABEL_STATE_DIR, Reuser, entries_from, prewarm
+
+    services = select_services(config, args.services)
+    backend = args.backend or config.backend
+    timeout = args.timeout or config.timeout
+    reuse = _reuse_wanted(args, config)
+    requested = list(args.services)
+    extra = [s.name for s in services if requested and s.name not in requested]
+    if extra:
+        say(f"also starting {', '.join(extra)} (dependencies)")
+    labels = {
+        "svcenv.runner": "cli",
+        LABEL_PROJECT: project_key(config.project_dir),
+        LABEL_STATE_DIR: str(store.root),
+    }
+    progress = Progress([s.name for s in services])
+    names = ", ".join(s.name for s in services)
+    say(f"starting {names}{' (reuse)' if reuse else ''} ...")
+    if reuse:
+        reuser = Reuser(
+            store, config.project_dir, backend=backend, timeout=timeout, labels=labels, on_state=progress.set
+        )
+        progress.start()
+        try:
+            acquired = reuser.acquire(services)
+        finally:
+            progress.stop()
+            reuser.close()
+        return Running(
+            acquired.env,
+            acquired.entries,
+            acquired.outcomes,
+            acquired.seconds,
+            acquired.stop,
+            lambda: None,
+            reused=True,
+        )
+    if detach:
+        _refuse_local(services, backend)
+        labels[LABEL_KEEP] = "true"
+    with contextlib.suppress(Exception):
+        prewarm(services, backend)  # a failure here shows again, explained, when the service starts
+    env = Environment(*services, backend=backend, timeout=timeout, labels=labels)
+
+    def poll() -> None:
+        timings = env.timings
+        for service in services:
+            state = progress.states[service.name][0]
+            if service.name in timings:
+                if state != "ready":
+                    timing = timings[service.name]
+                    progress.set(service.name, "ready", timing.backend, timing.total_s)
+            elif state == "pending" or state == "waiting":
+                waiting = [d for d in service.depends_on if d not in timings]
+                progress.set(service.name, *(("waiting", f"for {waiting[0]}") if waiting else ("starting", "")))
+
+    progress.start(poll)
+    try:
+        env.start()
+    finally:
+        progress.stop()
+    seconds = {name: t.total_s for name, t in env.timings.items()}
+    return Running(env, entries_from(env), dict.fromkeys(seconds, "started"), seconds, env.stop, env.disown)
+
+
+def _report(running: Running, started: float) -> None:
+    for handle in running.env:
+        outcome = running.outcomes.get(handle.name, "started")
+        verb = "attached in" if outcome == "attached" else "ready in"
+        address = f"{handle.host}:{handle.port}" if handle.ports else handle.host
+        how = handle.backend + (", reused" if outcome in ("attached", "started") and running.reused else "")
+        seconds = running.seconds.get(handle.name, 0.0)
+        say(f"{handle.name:<14} {verb} {seconds:5.2f}s  {address}  ({how})")
+    say(f"all ready in {time.monotonic() - started:.2f}s; environment {running.env.id}")
+
+
+def _live_detached(store: StateDir, key: str) -> Record | None:
+    """This project's detached record, if its services still run (a stale one is deleted)."""
+    from ..reuse import container_state, docker_client
+
+    for record in store.environments(key):
+        if record.get("mode") != "detached":
+            continue
+        entries = entries_of(record).values()
+        docker_ids = [e["snapshot"]["id"] for e in entries if e["snapshot"].get("backend") == "docker"]
+        alive = not docker_ids
+        if docker_ids:
+            client = docker_client()
+            try:
+                alive = any(container_state(client, str(cid))[0] == "running" for cid in docker_ids)
+            finally:
+                client.close()
+        if alive:
+            return record
+        store.delete(store.env_file(str(record["id"])))
+    return None
+
+
+@contextlib.contextmanager
+def _foreground(args: argparse.Namespace) -> Iterator[Running]:
+    """Start (or attach), record the environment while the block runs, then remove what is not reused."""
+    config = project_config(args)
+    store = StateDir()
+    install_stop_signals()
+    started = time.monotonic()
+    running = _start(args, config, store, detach=False)
+    record = new_record(running.env.id, "foreground", config.project_dir, running.entries)
+    try:
+        _report(running, started)
+        store.save_environment(record)
+        yield running
+    finally:
+        say("stopping ...")
+        store.delete(store.env_file(str(record["id"])))
+        running.stop()
+        if running.reused:
+            kept = [n for n, o in running.outcomes.items() if o != "external"]
+            say(f"reused services stay up: {', '.join(kept)}; `python -m svcenv down` removes them")
+        else:
+            say("stopped; nothing left running")
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    """Start, print dotenv lines, then wait for Ctrl-C/SIGTERM (or detach)."""
+    if args.detach:
+        install_stop_signals()
+        return _up_detached(args, project_config(args), StateDir())
+    try:
+        with _foreground(args) as running:
+            print_dotenv(running.env.env_vars())
+            say("press Ctrl-C to stop and remove them" if not running.reused else "press Ctrl-C to leave")
+            while True:
+                time.sleep(3600)
+    except (KeyboardInterrupt, Terminated):
+        return EXIT_OK
+
+
+def _up_detached(args: argparse.Namespace, config: ProjectConfig, store: StateDir) -> int:
+    key = project_key(config.project_dir)
+    started = time.monotonic()
+    with store.lock(f"project-{key}"):
+        existing = _live_detached(store, key)
+        reuse_only = existing is not None and all(e.get("reuse_hash") for e in entries_of(existing).values())
+        if existing is not None and not (reuse_only and _reuse_wanted(args, config)):
+            raise Failed(
+                f"project {config.project_dir} already has a detached environment {existing['id']}; "
+                "`python -m svcenv down` removes it"
+            )
+        try:
+            running = _start(args, config, store, detach=True)
+        except (KeyboardInterrupt, Terminated):
+            print(file=sys.stderr)
+            say("interrupted; nothing left running")
+            return EXIT_OK
+        entries = {**(entries_of(existing) if existing else {}), **running.entries}
+        record = new_record(running.env.id, "detached", config.project_dir, entries)
+        store.save_environment(record)
+        if existing is not None:
+            store.delete(store.env_file(str(existing["id"])))
+        running.disown()
+    _report(running, started)
+    print_dotenv(running.env.env_vars())
+    say(f"detached; `python -m svcenv status` shows them, `python -m svcenv down` removes them ({store.root})")
+    return EXIT_OK
+
+
+# -- run ----------------------------------------------------------------------------------------
+
+
+def _terminal_delivers_sigint() -> bool:
+    """True if a SIGINT here came from our terminal, which also delivered it to the child (same group)."""
+    try:
+        return sys.stdin.isatty() and os.tcgetpgrp(sys.stdin.fileno()) == os.getpgrp()
+    except (OSError, ValueError):
+        return False
+
+
+def _run_child(cmd: Sequence[str], variables: Mapping[str, str]) -> int:
+    child: subprocess.Popen[bytes] | None = None
+    pending: list[int] = []
+
+    def forward(signum: int, frame: FrameType | None) -> None:
+        if signum == signal.SIGINT and _terminal_delivers_sigint():
+            return
+        if child is None:
+            pending.append(signum)
+        else:
+            with contextlib.suppress(ProcessLookupError):
+                child.send_signal(signum)
+
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)} if main_thread else {}
+    try:
+        try:
+            child = subprocess.Popen(list(cmd), env={**os.environ, **variables})
+        except FileNotFoundError:
+            say(f"error: command not found: {cmd[0]}")
+            return 127
+        except PermissionError:
+            say(f"error: command cannot be executed: {cmd[0]}")
+            return 126
+        for signum in pending:
+            child.send_signal(signum)
+        status = child.wait()
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    return status if status >= 0 else 128 - status
+
+
+def cmd_run(args: argparse.Namespace, cmd: Sequence[str]) -> int:
+    """Start, run CMD with the variables, tear down, return CMD's status."""
+    if not cmd:
+        raise UsageError("run needs a command after --, e.g. python -m svcenv run -- pytest")
+    try:
+        with _foreground(args) as running:
+            return _run_child(cmd, running.env.env_vars())
+    except KeyboardInterrupt:
+        say("interrupted before the command started")
+        return 128 + signal.SIGINT
+    except Terminated:
+        say("terminated before the command started")
+        return 128 + signal.SIGTERM
