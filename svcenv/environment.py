@@ -110,6 +110,8 @@ class Environment:
     engine answers, else local binaries), ``"docker"``, ``"local"``, ``"external"``
     or a :class:`~svcenv.backends.Backend`; a descriptor's own ``backend`` wins. ``timeout`` replaces
     the per-kind default readiness deadline of services that set none.
+    ``labels`` go on every container (and local server record), after those in
+    ``SVCENV_LABELS`` (``key=value,key=value``, e.g. a CI job id).
     """
 
     def __init__(
@@ -138,6 +140,7 @@ class Environment:
         self._timeout = timeout
         self.teardown_timeout = teardown_timeout
         self.labels = {
+            **_labels_from_env(),
             **(labels or {}),
             LABEL_ENVIRONMENT: self.id,
             LABEL_OWNER_PID: str(os.getpid()),
@@ -154,6 +157,8 @@ class Environment:
         self._workers: list[Future[None]] = []
         self._state = "new"
         self._attached = False
+        self.teardown_s: float | None = None
+        """Seconds the teardown took (set when :meth:`stop` has run, also after a failed start)."""
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -198,7 +203,8 @@ class Environment:
             return
         self._state = "stopping"
         self._cancel.set()
-        deadline = time.monotonic() + self.teardown_timeout
+        began = time.monotonic()
+        deadline = began + self.teardown_timeout
         # Let start workers notice the cancel (they remove what they are creating).
         interrupted = _wait_shielded(lambda: wait(self._workers, timeout=_left(deadline)), None)
         with self._lock:
@@ -222,6 +228,7 @@ class Environment:
             backend.close()
         self._handles.clear()
         self._state = "stopped"
+        self.teardown_s = time.monotonic() - began
         if problems:
             warnings.warn(
                 f"svcenv environment {self.id}: teardown incomplete: " + "; ".join(problems),
@@ -504,3 +511,14 @@ def _quietly(fn: Callable[[], _T]) -> _T | None:
     except Exception:
         log.debug("ignored error during cleanup", exc_info=True)
         return None
+
+
+def _labels_from_env() -> dict[str, str]:
+    """``SVCENV_LABELS=key=value,key=value`` as a dict; a malformed item is a ConfigurationError."""
+    labels: dict[str, str] = {}
+    for item in filter(None, (part.strip() for part in os.environ.get("SVCENV_LABELS", "").split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigurationError(f"SVCENV_LABELS: {item!r} is not key=value (items are separated by commas)")
+        labels[key.strip()] = value.strip()
+    return labels

@@ -22,6 +22,8 @@ IMAGES = {
     "SVCENV_ELASTICSEARCH_IMAGE": "svcenv-test/es-standin:8",
 }
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+# The tests never ask a registry for anything: a missing image fails at once (subprocesses inherit this).
+os.environ.setdefault("SVCENV_PULL", "never")
 
 
 def need(reason: str) -> None:

@@ -15,6 +15,9 @@ What svcenv changes from testcontainers' defaults, and why:
   ``SVCENV_REAPER=0`` turns it off. Nothing depends on pulling Ryuk's image.
 * Containers are removed with their anonymous volumes (the postgres image
   declares a ``VOLUME``).
+* A missing image is pulled, unless ``SVCENV_PULL=never`` (compose's
+  ``pull_policy: never``): then it is an :class:`~svcenv.errors.ImageUnavailable`
+  at once, without asking any registry. svcenv's own tests run that way.
 """
 
 from __future__ import annotations
@@ -234,11 +237,16 @@ class DockerBackend(Backend):
             return
         except docker.errors.ImageNotFound:
             pass
+        hint = f"SVCENV_{resolved.service.kind.upper()}_IMAGE" if resolved.service.kind != "service" else "image="
+        if os.environ.get("SVCENV_PULL", "missing").lower() == "never":
+            raise ImageUnavailable(
+                f"image {resolved.image!r} is not on the engine and SVCENV_PULL=never forbids pulling it. "
+                f"Build or pull it first, or choose another image with {hint}."
+            )
         try:
             images.pull(resolved.image)
         except docker.errors.APIError as exc:
             said = " ".join(str(exc.explanation or exc).split())
-            hint = f"SVCENV_{resolved.service.kind.upper()}_IMAGE" if resolved.service.kind != "service" else "image="
             raise ImageUnavailable(
                 f"image {resolved.image!r} is not on the engine and could not be pulled ({said}). "
                 f"Build or pull it first, or choose another image with {hint}."
