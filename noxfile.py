@@ -47,6 +47,8 @@ def bench(session: nox.Session) -> None:
         "benchmarks/local_start.py",
         "benchmarks/perf.py",
         "benchmarks/suite.py",
+        "benchmarks/reuse.py",
+        "benchmarks/cleanup.py",
     ]
     for script in scripts:
         session.run("python", script, env=_image_env())
