@@ -63,6 +63,7 @@ if TYPE_CHECKING:
     import redis
 
     from .handles import ElasticsearchHandle, PostgresHandle, RedisHandle
+    from .reuse import Acquired
 
 __all__ = ["environment_fixture"]
 
@@ -99,6 +100,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=False,
         help="leave the services running after the session and print how to reach and remove them",
     )
+    group.addoption(
+        "--svcenv-reuse",
+        action="store_true",
+        default=False,
+        help="attach to services kept from earlier runs (same configuration), keep new ones for later runs",
+    )
+    parser.addini("svcenv_reuse", "reuse services across runs, as --svcenv-reuse", type="bool", default=False)
     parser.addini("svcenv_services", "services the session may start", type="linelist", default=list(KINDS))
     parser.addini("svcenv_backend", "backend for the session's services (default: $SVCENV_BACKEND or auto)", default="")
     parser.addini("svcenv_timeout", "readiness deadline in seconds (default: per kind)", default="")
@@ -175,6 +183,7 @@ class _Manager:
         self.error: BaseException | None = None
         self.summary: list[str] = []
         self._share: _XdistShare | None = None
+        self._acquired: Acquired | None = None
 
     def _option(self, name: str) -> Any:
         value = self.config.getoption(f"--svcenv-{name}")
@@ -225,6 +234,13 @@ class _Manager:
             "timeout": float(timeout) if timeout else None,
             "labels": {"svcenv.runner": "pytest"},
         }
+        from .config import load_config
+        from .reuse import reuse_wanted
+
+        project = load_config(start=self.config.rootpath)
+        asked = bool(self.config.getoption("--svcenv-reuse") or self.config.getini("svcenv_reuse"))
+        if reuse_wanted(asked=asked, configured=project.reuse, notice=self.summary.append):
+            return self._reuse(services, kwargs, project.project_dir)
         shared = _xdist_run_id(self.config) and self.config.getini("svcenv_xdist") != "per-worker"
         if shared:
             self._share = _XdistShare(_xdist_run_id(self.config))
@@ -236,9 +252,26 @@ class _Manager:
             self.summary.append(f"environment {env.id}: {timings}")
         return env
 
+    def _reuse(self, services: Sequence[Service], kwargs: dict[str, Any], project_dir: Path) -> Environment:
+        """Attach to kept services of this configuration, or start and keep them (each worker on its own)."""
+        from .reuse import Reuser
+        from .state import StateDir
+
+        reuser = Reuser(StateDir(), project_dir, backend=kwargs["backend"], timeout=kwargs["timeout"])
+        try:
+            self._acquired = reuser.acquire(services)
+        finally:
+            reuser.close()
+        how = ", ".join(f"{name} {outcome}" for name, outcome in self._acquired.outcomes.items())
+        self.summary.append(f"reuse: {how}; they stay up for the next run (`python -m svcenv down` removes them)")
+        return self._acquired.env
+
     def close(self) -> None:
         env, self.env = self.env, None
         if env is None:
+            return
+        if self._acquired is not None:
+            self._acquired.stop()  # external services are released; reused ones stay up
             return
         if self.config.getoption("--svcenv-keep"):
             env.disown()

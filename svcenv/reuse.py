@@ -53,17 +53,47 @@ __all__ = [
     "entries_from",
     "health",
     "prewarm",
+    "reuse_wanted",
 ]
 
 LABEL_KEEP = "svcenv.keep"
 LABEL_REUSE_HASH = "svcenv.reuse-hash"
 LABEL_STATE_DIR = "svcenv.state-dir"
 LABEL_PROJECT = "svcenv.project"
+_TRUTHY = ("1", "true", "yes", "on")
+_FALSY = ("0", "false", "no", "off")
 ATTACH_PROBE_TIMEOUT = 5.0
 """Seconds a recorded service gets to answer its probe before it counts as broken."""
 
 StateCallback = Callable[[str, str, str], None]
 """``(service, state, detail)``: ``waiting``, ``starting``, ``attached``, ``ready``, ``failed``."""
+
+
+def reuse_wanted(
+    *,
+    asked: bool = False,
+    refused: bool = False,
+    forced: bool = False,
+    configured: bool = False,
+    notice: Callable[[str], None] = lambda message: None,
+) -> bool:
+    """Whether to reuse services: the one rule for the CLI and the pytest plugin.
+
+    ``asked``/``refused``/``forced``: the runner's options (``--reuse``,
+    ``--no-reuse``, ``--force-reuse``); ``configured``: ``reuse = true`` in the
+    project's configuration. ``SVCENV_REUSE`` (``1``/``0``/``force``) wins over
+    the configuration. Under ``CI=true`` reuse is refused (``notice`` says so)
+    unless forced: CI runs must start from nothing.
+    """
+    setting = os.environ.get("SVCENV_REUSE", "").strip().lower()
+    forced = forced or setting == "force"
+    if refused:
+        return False
+    wanted = asked or forced or setting in _TRUTHY or (configured and setting not in _FALSY)
+    if wanted and not forced and os.environ.get("CI", "").lower() in _TRUTHY:
+        notice("CI=true: starting fresh services, not reusing (--force-reuse or SVCENV_REUSE=force reuses)")
+        return False
+    return wanted
 
 
 def config_hash(service: Service, project_dir: Path) -> str:

@@ -351,3 +351,43 @@ def test_reuse_is_refused_under_ci_unless_forced(project: Project) -> None:
     assert "CI=true: starting fresh services, not reusing" in result.stderr
     assert project.records("reuse-") == []
     assert project.containers() == []
+
+
+def test_pytest_sessions_reuse_what_the_cli_started(project: Project) -> None:
+    """A pytest session attaches to the services `up --detach --reuse` started; `down` removes them."""
+    (project.dir / "test_uses.py").write_text(
+        textwrap.dedent(
+            """
+            import os
+
+            def test_ids(postgres_service, redis_service, postgres_connection, redis_client):
+                postgres_connection.execute("SELECT 1")
+                assert redis_client.ping()
+                with open(os.environ["IDS_FILE"], "a") as out:
+                    out.write(f"{postgres_service.id} {redis_service.id}\\n")
+            """
+        )
+    )
+    ids_file = project.dir / "ids.txt"
+    no_ci = {k: v for k, v in project.env.items() if k != "CI"}
+    up = project.run("up", "--detach", "--force-reuse")  # this suite runs under CI=true
+    assert up.returncode == 0, up.stderr
+    started = _container_ids(project)
+    for _ in range(2):
+        session = subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--svcenv-reuse", "test_uses.py"],
+            cwd=project.dir,
+            env={**no_ci, "IDS_FILE": str(ids_file)},
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
+        assert session.returncode == 0, session.stdout[-3000:]
+        assert "postgres attached, redis attached" in session.stdout
+    sessions = [line.split() for line in ids_file.read_text().splitlines()]
+    short = [[cid[:12] for cid in ids] for ids in sessions]
+    assert short == [[started["postgres"], started["redis"]]] * 2, "both sessions used the CLI's containers"
+    assert _container_ids(project) == started
+    down = project.run("down")
+    assert down.returncode == 0, down.stderr
+    assert project.containers() == []

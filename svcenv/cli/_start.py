@@ -22,9 +22,6 @@ from ..errors import ConfigurationError
 from ..state import Record, StateDir, entries_of, new_record, project_key
 from ._common import (
     EXIT_OK,
-    FALSY,
-    IN_CI,
-    TRUTHY,
     Failed,
     Terminated,
     UsageError,
@@ -54,15 +51,11 @@ class Running:
 
 
 def _reuse_wanted(args: argparse.Namespace, config: ProjectConfig) -> bool:
-    setting = os.environ.get("SVCENV_REUSE", "").strip().lower()
-    force = bool(args.force_reuse) or setting == "force"
-    if args.no_reuse:
-        return False
-    wanted = args.reuse or force or setting in TRUTHY or (config.reuse and setting not in FALSY)
-    if wanted and IN_CI and not force:
-        say("CI=true: starting fresh services, not reusing (pass --force-reuse or SVCENV_REUSE=force to reuse)")
-        return False
-    return bool(wanted)
+    from ..reuse import reuse_wanted
+
+    return reuse_wanted(
+        asked=args.reuse, refused=args.no_reuse, forced=args.force_reuse, configured=config.reuse, notice=say
+    )
 
 
 def select_services(config: ProjectConfig, names: Sequence[str]) -> list[Service]:
