@@ -36,6 +36,7 @@ import itertools
 import json
 import os
 import secrets
+import shutil
 import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
@@ -126,6 +127,23 @@ def pytest_configure(config: pytest.Config) -> None:
         "svcenv(*services): the test needs these services; skipped (locally) or failed (CI) if none can run",
     )
     config.stash[_manager_key] = _Manager(config)
+    if _xdist_controller(config) and config.getoption("testrunuid", None) is None:
+        # Fix the run id the workers get (xdist's own option), so that the controller can clean their dir.
+        config.option.testrunuid = secrets.token_hex(16)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _xdist_controller(config) and config.getoption("testrunuid", None):
+        _XdistShare.remove(str(config.getoption("testrunuid")))
+
+
+def _xdist_controller(config: pytest.Config) -> bool:
+    """True in the process that runs xdist workers (and so outlives them all)."""
+    return (
+        not hasattr(config, "workerinput")
+        and config.pluginmanager.hasplugin("xdist")
+        and bool(getattr(config.option, "numprocesses", None) or getattr(config.option, "tx", None))
+    )
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -335,15 +353,24 @@ class _XdistShare:
     def _read_members(self) -> set[int]:
         return set(json.loads(self.members.read_text())) if self.members.exists() else set()
 
+    def _owner_alive(self) -> bool:
+        try:
+            return pid_alive(int((self.dir / "owner").read_text()))
+        except (OSError, ValueError):
+            return False
+
     def join(self, services: Sequence[Service], kwargs: dict[str, Any]) -> Environment:
         with self._locked():
-            if self.state.exists():
+            if self.state.exists() and self._owner_alive():
                 env = Environment.attach(json.loads(self.state.read_text()), *services)
             else:
+                # First worker, or the owner died (its reaper removed the services): start them anew.
+                self.state.unlink(missing_ok=True)
                 env = Environment(*services, **kwargs).start()
                 fd = os.open(self.state, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
                 with os.fdopen(fd, "w") as out:
                     json.dump(env.snapshot(), out)
+                (self.dir / "owner").write_text(str(os.getpid()))
                 self.owner = True
             self._write_members(self._read_members() | {os.getpid()})
         return env
@@ -362,9 +389,14 @@ class _XdistShare:
             time.sleep(0.1)
         env.stop()
         with contextlib.suppress(OSError):
-            for path in (self.state, self.members, self.dir / "lock"):
+            for path in (self.state, self.members, self.dir / "owner", self.dir / "lock"):
                 path.unlink(missing_ok=True)
             self.dir.rmdir()
+
+    @staticmethod
+    def remove(run_id: str) -> None:
+        """The controller's last word: remove the run's dir (what a killed owner could not)."""
+        shutil.rmtree(Path(tempfile.gettempdir()) / f"svcenv-xdist-{os.getuid()}-{run_id}", ignore_errors=True)
 
 
 # -- declaring custom descriptors ---------------------------------------------------------------

@@ -29,7 +29,8 @@ def remove_labelled(client: Any, labels: Mapping[str, str], spare_kept: bool = F
 
     removed = 0
     filters = {"label": [f"{k}={v}" for k, v in labels.items()]}
-    for container in client.containers.list(all=True, filters=filters):
+    # ignore_removed: a container removed between the listing and its inspection is not an error.
+    for container in client.containers.list(all=True, filters=filters, ignore_removed=True):
         if spare_kept and (container.labels or {}).get("svcenv.keep") == "true":
             continue
         try:

@@ -218,7 +218,7 @@ def _prune_containers(client: LazyDocker, only: Mapping[str, str], keep_label: s
 
     removed = 0
     filters = {"label": [LABEL_ENVIRONMENT, *(f"{k}={v}" for k, v in only.items())]}
-    for container in client().containers.list(all=True, filters=filters):
+    for container in client().containers.list(all=True, filters=filters, ignore_removed=True):
         labels = container.labels or {}
         owner = labels.get(LABEL_OWNER_PID, "")
         if owner.isdigit() and pid_alive(int(owner)):
