@@ -20,6 +20,7 @@ from .environment import Environment, ServiceTiming, TeardownWarning
 from .errors import (
     BackendUnavailable,
     ConfigurationError,
+    CredentialsRejected,
     ImageUnavailable,
     ProbeFailed,
     ServiceExited,
@@ -33,6 +34,7 @@ from .handles import ElasticsearchHandle, PostgresHandle, RedisHandle, ServiceHa
 __all__ = [
     "BackendUnavailable",
     "ConfigurationError",
+    "CredentialsRejected",
     "Elasticsearch",
     "ElasticsearchHandle",
     "Environment",

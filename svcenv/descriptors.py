@@ -12,8 +12,9 @@ from __future__ import annotations
 import os
 import re
 import secrets
+import shlex
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import TYPE_CHECKING, ClassVar
 
 from .errors import ConfigurationError
@@ -94,6 +95,30 @@ class Resolved:
         return self.service.name
 
 
+_SCALARS: dict[str, tuple[tuple[type, ...], str]] = {
+    "image": ((str,), "an image name such as 'postgres:16'"),
+    "scheme": ((str,), "a URL scheme such as 'http'"),
+    "backend": ((str,), "'auto', 'docker', 'local' or 'external'"),
+    "user": ((str,), "a string"),
+    "dbname": ((str,), "a string"),
+    "password": ((str,), "a string"),
+    "heap": ((str,), "a JVM size such as '512m'"),
+    "tuned": ((bool,), "True or False"),
+    "cache": ((bool,), "True or False"),
+    "timeout": ((int, float), "a number of seconds"),
+}
+_MAP_VALUES = (str, int, float, bool)
+
+
+def _is(value: object, types: tuple[type, ...]) -> bool:
+    """isinstance, except that a bool is not a number here (``True`` is no port and no timeout)."""
+    return isinstance(value, types) and (bool in types or not isinstance(value, bool))
+
+
+def _is_argv(value: object) -> bool:
+    return isinstance(value, Sequence) and all(isinstance(item, str) for item in value)
+
+
 @dataclass(frozen=True)
 class Service:
     """A generic service: any image, its ports, env, command and readiness probe.
@@ -125,16 +150,54 @@ class Service:
     default_timeout: ClassVar[float] = 60.0
 
     def __post_init__(self) -> None:
+        self._check_types()
         set_ = object.__setattr__
-        set_(self, "ports", tuple(int(p) for p in self.ports))
+        set_(self, "ports", tuple(self.ports))
         set_(self, "env", FrozenMap({str(k): str(v) for k, v in dict(self.env).items()}))
         if self.command is not None:
-            command = (self.command,) if isinstance(self.command, str) else self.command
-            set_(self, "command", tuple(str(c) for c in command))
+            # A string is split like a shell would split words, never run through one.
+            command = shlex.split(self.command) if isinstance(self.command, str) else self.command
+            set_(self, "command", tuple(command))
         deps = (self.depends_on,) if isinstance(self.depends_on, (str, Service)) else self.depends_on
         set_(self, "depends_on", tuple(d.name if isinstance(d, Service) else str(d) for d in deps))
         set_(self, "tmpfs", tuple(self.tmpfs))
         self._validate()
+
+    def _wrong(self, name: str, expected: str, value: object) -> ConfigurationError:
+        return ConfigurationError(
+            f"service {self.name!r}: {name} must be {expected}, got {value!r} ({type(value).__name__})"
+        )
+
+    def _check_types(self) -> None:
+        """Reject values of the wrong type now, with the field's name, instead of failing later in a backend."""
+        if not isinstance(self.name, str):
+            raise ConfigurationError(f"a service name must be a string, got {self.name!r} ({type(self.name).__name__})")
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name in _SCALARS and not (value is None and f.default is None):
+                types, expected = _SCALARS[f.name]
+                if not _is(value, types):
+                    raise self._wrong(f.name, expected, value)
+        if isinstance(self.ports, (str, bytes)) or not isinstance(self.ports, Sequence):
+            raise self._wrong("ports", "a sequence of port numbers, e.g. (5432,)", self.ports)
+        for port in self.ports:
+            if not _is(port, (int,)):
+                raise self._wrong("ports", "a sequence of port numbers (int, 1..65535)", port)
+        for name in ("env", "settings"):
+            mapping = getattr(self, name, {})
+            if not isinstance(mapping, Mapping):
+                raise self._wrong(name, "a mapping of str to str", mapping)
+            for key, item in mapping.items():
+                if not isinstance(key, str) or not isinstance(item, _MAP_VALUES):
+                    raise self._wrong(f"{name}[{key!r}]", "a string (or a number or bool, given as text)", item)
+        command = self.command
+        if command is not None and not isinstance(command, str) and not _is_argv(command):
+            raise self._wrong("command", "a sequence of strings (an argv)", command)
+        deps = (self.depends_on,) if isinstance(self.depends_on, (str, Service)) else self.depends_on
+        if not isinstance(deps, Sequence) or not all(isinstance(d, (str, Service)) for d in deps):
+            raise self._wrong("depends_on", "service names or descriptors", self.depends_on)
+        if isinstance(self.tmpfs, str) or not all(isinstance(path, str) for path in self.tmpfs):
+            raise self._wrong("tmpfs", "a sequence of paths", self.tmpfs)
 
     def _validate(self) -> None:
         if not isinstance(self.name, str) or not _NAME.match(self.name):
@@ -230,6 +293,7 @@ class Postgres(Service):
     default_image: ClassVar[str | None] = "postgres:16-alpine"
 
     def __post_init__(self) -> None:
+        self._check_types()
         object.__setattr__(self, "settings", FrozenMap({str(k): str(v) for k, v in dict(self.settings).items()}))
         super().__post_init__()
         if not self.user or not self.dbname:

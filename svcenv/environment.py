@@ -324,7 +324,8 @@ class Environment:
         if instance is not None:
             tail = _quietly(lambda: instance.logs(LOG_TAIL_LINES)) or ""
         backend = self._backends[service.name].name
-        return ServiceFailure(service.name, backend, image, reason, tail)
+        # Only containers run an image; naming one for a local or external service would mislead.
+        return ServiceFailure(service.name, backend, image if backend == "docker" else None, reason, tail)
 
     def _backend_for_all(self) -> None:
         made: dict[str, Backend] = {}

@@ -30,7 +30,21 @@ class ImageUnavailable(SvcenvError):
 
 
 class ProbeFailed(SvcenvError):
-    """One readiness probe attempt failed; svcenv retries until the deadline."""
+    """One readiness probe attempt failed; svcenv retries until the deadline.
+
+    ``credentials`` is True when the server answered and refused the credentials.
+    """
+
+    def __init__(self, message: str, *, credentials: bool = False) -> None:
+        super().__init__(message)
+        self.credentials = credentials
+
+
+class CredentialsRejected(SvcenvError):
+    """A running service that svcenv does not own (external backend) refused the credentials it was given.
+
+    Raised at the first refusal: unlike a server that is still starting, waiting cannot help.
+    """
 
 
 class ServiceExited(SvcenvError):

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from .errors import ProbeFailed, ServiceExited
+from .errors import CredentialsRejected, ProbeFailed, ServiceExited
 
 if TYPE_CHECKING:
     from tenacity import RetryCallState
@@ -170,7 +170,9 @@ class PostgresQuery(Probe):
             with psycopg.connect(service.url, connect_timeout=self.timeout, autocommit=True) as conn:
                 conn.execute("SELECT 1").fetchone()
         except psycopg.Error as exc:
-            raise ProbeFailed(f"postgres: {_one_line(exc)}") from exc
+            said = _one_line(exc)
+            refused = exc.sqlstate in ("28P01", "28000") or "password authentication failed" in said
+            raise ProbeFailed(f"postgres: {said}", credentials=refused) from exc
 
 
 @dataclass(frozen=True)
@@ -187,7 +189,9 @@ class RedisPing(Probe):
             if not client.ping():
                 raise ProbeFailed("redis: PING did not answer PONG")
         except redis.RedisError as exc:
-            raise ProbeFailed(f"redis: {_one_line(exc)}") from exc
+            said = _one_line(exc)
+            refused = isinstance(exc, redis.AuthenticationError) or said.startswith(("WRONGPASS", "NOAUTH"))
+            raise ProbeFailed(f"redis: {said}", credentials=refused) from exc
         finally:
             client.close()
 
@@ -255,6 +259,12 @@ def wait_until_ready(
         # Checked only after a failed attempt: a running service costs no extra call.
         exc = state.outcome.exception() if state.outcome else None
         if isinstance(exc, ProbeFailed):
+            if exc.credentials and service.backend == "external":
+                # An owned server may refuse while its password is being set; a running one will not change its mind.
+                raise CredentialsRejected(
+                    f"the server refuses the credentials ({exc}); "
+                    f"check the user and password in the URL (e.g. SVCENV_{service.name.upper()}_URL)"
+                )
             status = service.exit_status()
             if status is not None:
                 raise ServiceExited(f"exited with status {status} before it was ready; last probe error: {exc}")
