@@ -27,6 +27,7 @@ import ipaddress
 import os
 import subprocess
 import sys
+import threading
 import urllib.parse
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, cast
@@ -157,22 +158,27 @@ class DockerBackend(Backend):
         self._host: str | None = None
         self._error: BackendUnavailable | None = None
         self._reaper: subprocess.Popen[bytes] | None = None
+        self._reaper_lock = threading.Lock()  # services are created from several threads at once
 
     def _arm_reaper(self, env_id: str) -> None:
         """Start the process that removes this environment's containers if this process dies."""
-        if self._reaper is not None or os.environ.get("SVCENV_REAPER", "1").lower() in ("0", "false", "no", "off"):
+        if os.environ.get("SVCENV_REAPER", "1").lower() in ("0", "false", "no", "off"):
             return
-        self._reaper = subprocess.Popen(
-            [sys.executable, "-m", "svcenv.backends._docker_reaper", env_id],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,  # a Ctrl-C for the owner's process group must not reach it
-        )
+        with self._reaper_lock:
+            if self._reaper is not None:
+                return
+            self._reaper = subprocess.Popen(
+                [sys.executable, "-m", "svcenv.backends._docker_reaper", env_id],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,  # a Ctrl-C for the owner's process group must not reach it
+            )
 
     def disown(self) -> None:
         """Disarm the reaper: the containers may outlive this process (they are still removed by stop())."""
-        reaper, self._reaper = self._reaper, None
+        with self._reaper_lock:
+            reaper, self._reaper = self._reaper, None
         if reaper is not None and reaper.stdin is not None:
             with contextlib.suppress(OSError):
                 reaper.stdin.write(b"disarm")
