@@ -31,6 +31,7 @@ import datetime as dt
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -145,6 +146,7 @@ def main() -> int:
             check=False,
         )
     leftovers = _leftovers(state)
+    shutil.rmtree(work, ignore_errors=True)
 
     results: dict[str, Any] = {}
     print(f"{'method':<10} {'min':>9} {'median':>9} {'max':>9}   (n={args.rounds}, Postgres + Redis ready)")
