@@ -77,6 +77,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
+from .._paths import cache_dir
 from ..descriptors import Elasticsearch, Postgres, Redis, Service
 from ..errors import BackendUnavailable, ServiceExited
 from .base import LABEL_ENVIRONMENT, Backend, Instance
@@ -342,11 +343,7 @@ def _server_env() -> dict[str, str]:
 
 def cache_root() -> Path:
     """Where Postgres templates are cached: ``$SVCENV_CACHE_DIR/local`` or ``~/.cache/svcenv/local``."""
-    explicit = os.environ.get("SVCENV_CACHE_DIR")
-    if explicit:
-        return Path(explicit) / "local"
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg) if xdg else Path.home() / ".cache") / "svcenv" / "local"
+    return cache_dir() / "local"
 
 
 def tmp_base() -> Path:

@@ -31,9 +31,9 @@ import secrets
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import replace
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
+from .._paths import cache_dir
 from ..errors import ServiceExited
 
 if TYPE_CHECKING:
@@ -81,20 +81,11 @@ def cache_key(client: DockerClient, resolved: Resolved) -> str:
     return hashlib.sha256(material.encode()).hexdigest()[:16]
 
 
-def _lock_dir() -> Path:
-    """``$SVCENV_CACHE_DIR/locks``, else ``$XDG_CACHE_HOME/svcenv/locks`` or ``~/.cache/svcenv/locks``."""
-    explicit = os.environ.get("SVCENV_CACHE_DIR")
-    if explicit:
-        return Path(explicit) / "locks"
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg) if xdg else Path.home() / ".cache") / "svcenv" / "locks"
-
-
 @contextlib.contextmanager
 def _locked(key: str) -> Iterator[None]:
     # Two processes that miss the same key build it once: the second finds the image.
     # The lock lives with svcenv's other cached things (private to the user), not in /tmp.
-    directory = _lock_dir()
+    directory = cache_dir() / "locks"
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     fd = os.open(directory / f"pgcache-{key}.lock", os.O_RDWR | os.O_CREAT, 0o600)
     with os.fdopen(fd, "w") as handle:
