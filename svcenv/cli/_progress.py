@@ -36,7 +36,8 @@ class Progress:
             if state in ("ready", "attached", "failed"):
                 done = seconds if seconds is not None else time.monotonic() - self.t0
             self.states[name] = (state, detail, done)
-            if not self.tty and previous[:2] != (state, detail):
+            # Plain mode: one line per change; ready/attached services get the summary line with their address.
+            if not self.tty and previous[:2] != (state, detail) and state not in ("ready", "attached"):
                 self.stream.write(f"svcenv: {name}: {self._describe(name)}\n")
                 self.stream.flush()
 
