@@ -391,3 +391,34 @@ def test_pytest_sessions_reuse_what_the_cli_started(project: Project) -> None:
     down = project.run("down")
     assert down.returncode == 0, down.stderr
     assert project.containers() == []
+
+
+def test_progress_is_a_live_table_on_a_terminal(project: Project) -> None:
+    """On a TTY the states are redrawn in place (ANSI), then erased; the summary lines follow."""
+    import pty
+
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen(
+        project.argv("run", "redis", "--", sys.executable, "-c", "import time; time.sleep(0.3)"),
+        cwd=project.dir,
+        env=project.env,
+        stdout=subprocess.DEVNULL,
+        stderr=follower,
+    )
+    os.close(follower)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(leader, 4096)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(leader)
+    assert proc.wait(timeout=60) == 0
+    seen = b"".join(chunks).decode(errors="replace")
+    assert "\x1b[2K" in seen, "no line was redrawn in place"
+    assert "redis" in seen
+    assert "ready in" in seen
+    assert "svcenv: redis: starting" not in seen, "plain progress lines on a terminal"

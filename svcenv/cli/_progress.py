@@ -55,6 +55,8 @@ class Progress:
 
     def _run(self) -> None:
         beat = time.monotonic() + self.HEARTBEAT
+        if self.tty:
+            self._draw()  # the table appears at once, then ticks
         while not self._stop.wait(0.1):
             if self._poll is not None:
                 with contextlib.suppress(Exception):
