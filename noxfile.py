@@ -1,4 +1,5 @@
-"""Sessions: ``tests`` (the suite, on real services), ``lint`` (ruff + mypy), ``bench`` (benchmarks)."""
+"""Sessions: ``tests`` (the suite, on real services), ``nodocker`` (what runs without an engine),
+``lint`` (ruff + mypy), ``bench`` (benchmarks)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import os
 
 import nox
 
-nox.options.sessions = ["lint", "tests"]
+nox.options.sessions = ["lint", "nodocker", "tests"]
 nox.options.reuse_existing_virtualenvs = True
 
 TEST_IMAGES = {
@@ -25,6 +26,14 @@ def tests(session: nox.Session) -> None:
     """The whole suite against real services (needs the engine and images `.ci/dev` provisions)."""
     session.install("-e", ".[test]")
     session.run("pytest", *(session.posargs or ["-n", "2", "--dist", "loadfile"]), env=_image_env())
+
+
+@nox.session
+def nodocker(session: nox.Session) -> None:
+    """The tests that need no engine (``-m "not docker"``), with DOCKER_HOST pointing at nothing."""
+    session.install("-e", ".[test]")
+    env = {**_image_env(), "DOCKER_HOST": "unix:///nonexistent/svcenv-no-engine.sock"}
+    session.run("pytest", "-m", "not docker", "-n", "2", "-p", "no:cacheprovider", *session.posargs, env=env)
 
 
 @nox.session

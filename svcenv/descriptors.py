@@ -23,7 +23,7 @@ from .probes import ElasticsearchHealth, PostgresQuery, Probe, RedisPing
 if TYPE_CHECKING:
     from .handles import ServiceHandle
 
-__all__ = ["Elasticsearch", "Postgres", "Redis", "Service", "generate_password"]
+__all__ = ["KINDS", "Elasticsearch", "Postgres", "Redis", "Service", "generate_password"]
 
 RAM_PGDATA = "/svcenv-run"
 """Where a tuned server keeps its data in the container: a tmpfs mount (RAM, no disk I/O)."""
@@ -36,6 +36,10 @@ TEST_TUNED_SETTINGS: Mapping[str, str] = {
 """Postgres settings for servers svcenv owns: speed over crash safety (the server is thrown away)."""
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
+
+
+KINDS: dict[str, type[Service]] = {}
+"""Every kind by name (``postgres``, ``redis``, ...; ``service`` for the generic one): filled as kinds are defined."""
 
 
 def generate_password() -> str:
@@ -148,6 +152,11 @@ class Service:
     kind: ClassVar[str] = "service"
     default_image: ClassVar[str | None] = None
     default_timeout: ClassVar[float] = 60.0
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        # The first class that names a kind is that kind (a user's subclass of Postgres is no new kind).
+        KINDS.setdefault(cls.kind, cls)
 
     def __post_init__(self) -> None:
         self._check_types()
@@ -398,3 +407,6 @@ class Elasticsearch(Service):
         from .handles import ElasticsearchHandle
 
         return ElasticsearchHandle
+
+
+KINDS["service"] = Service

@@ -8,7 +8,7 @@ import secrets
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, replace
 from types import TracebackType
@@ -248,6 +248,21 @@ class Environment:
         for backend in set(self._backends.values()):
             backend.disown()
 
+    def plan(self) -> dict[str, tuple[str, bool]]:
+        """Where each service would run, without starting anything: name -> (backend, outlives its owner).
+
+        Raises :class:`~svcenv.BackendUnavailable` as :meth:`start` would.
+        """
+        if self._state != "new":
+            return {n: (b.name, b.outlives_owner) for n, b in self._backends.items()}
+        try:
+            self._backend_for_all()
+            return {n: (b.name, b.outlives_owner) for n, b in self._backends.items()}
+        finally:
+            for backend in set(self._backends.values()):
+                backend.close()
+            self._backends.clear()
+
     def __enter__(self) -> Self:
         return self.start()
 
@@ -391,17 +406,21 @@ class Environment:
         """``new``, ``starting``, ``running``, ``stopping`` or ``stopped``."""
         return self._state
 
-    def env_vars(self) -> dict[str, str]:
+    def env_vars(self, only: Iterable[str] | None = None) -> dict[str, str]:
         """Variables that reach every service.
 
         ``<NAME>_HOST``/``_PORT``/``_URL`` per service, plus the kinds'
         conventional variables (``DATABASE_URL`` and ``PG*``, ``REDIS_URL``,
         ``ELASTICSEARCH_URL``) from the service of each kind that keeps the
-        kind's default name, else the first of that kind.
+        kind's default name, else the first of that kind. ``only`` limits them to
+        the services of those names.
         """
         variables: dict[str, str] = {}
         primary: dict[type[Service], ServiceHandle] = {}
+        names = None if only is None else set(only)
         for handle in self:
+            if names is not None and handle.name not in names:
+                continue
             variables.update(handle.env_vars())
             kind = type(handle.descriptor)
             default_name = getattr(kind, "__dataclass_fields__", {}).get("name")
@@ -473,22 +492,14 @@ def _check_dependencies(services: Mapping[str, Service]) -> None:
                     f"service {service.name!r} depends on {dep!r}, which is not in the environment "
                     f"(it has {sorted(services)})"
                 )
-    visiting: set[str] = set()
-    done: set[str] = set()
+    import graphlib
 
-    def visit(name: str, path: tuple[str, ...]) -> None:
-        if name in done:
-            return
-        if name in visiting:
-            raise ConfigurationError("dependency cycle: " + " -> ".join((*path, name)))
-        visiting.add(name)
-        for dep in services[name].depends_on:
-            visit(dep, (*path, name))
-        visiting.discard(name)
-        done.add(name)
-
-    for name in services:
-        visit(name, ())
+    try:
+        graphlib.TopologicalSorter({name: s.depends_on for name, s in services.items()}).prepare()
+    except graphlib.CycleError as error:
+        # graphlib walks from a dependency to its dependents; the message reads "a depends on b -> ...".
+        cycle: list[str] = list(reversed(error.args[1]))
+        raise ConfigurationError("dependency cycle: " + " -> ".join(cycle)) from None
 
 
 def _left(deadline: float) -> float:

@@ -26,9 +26,8 @@ import queue
 import re
 import secrets
 import threading
-import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeAlias
 
@@ -148,13 +147,29 @@ class PostgresTemplate:
             self._admin = self.handle.connect(autocommit=True)
         return self._admin
 
-    def build(self) -> None:
-        """Create the template and run the setup hook in it (once)."""
+    def build(self, adopt: bool = False) -> None:
+        """Create the template and run the setup hook in it (once).
+
+        With ``adopt``, a complete template of this name that another process built
+        (xdist workers of one run, under a lock the caller holds) is used as it is;
+        a half-built one (its builder died) is dropped and built again.
+        """
         if self._built:
             return
         with self._lock:
             if self._built:
                 return
+            if adopt:
+                row = (
+                    self._conn()
+                    .execute(b"SELECT datallowconn FROM pg_database WHERE datname = %s", (self.name,))
+                    .fetchone()
+                )
+                if row is not None and not row[0]:
+                    self._built = True
+                    return
+                if row is not None:
+                    _drop(self._conn(), self.name)
             self._conn().execute(f"CREATE DATABASE {_ident(self.name)}".encode())
             with self.handle.connect(self.name) as conn:
                 run_setup(conn, self.setup)
@@ -269,8 +284,8 @@ class PostgresTemplate:
         finally:
             self.release(name, conn)
 
-    def destroy(self) -> None:
-        """Drop every prefetched clone and the template, and close connections."""
+    def destroy(self, keep_template: bool = False) -> None:
+        """Drop every prefetched clone and (unless ``keep_template``) the template, and close connections."""
         if self._worker is not None:
             for _ in self._workers:
                 self._tasks.put(None)
@@ -281,9 +296,9 @@ class PostgresTemplate:
                 item = self._ready.get_nowait()
                 if not isinstance(item, BaseException):
                     self.release(*item)
-        if self._built:
+        if self._built and not keep_template:
             self.drop(self.name)
-            self._built = False
+        self._built = False
         if self._admin is not None:
             self._admin.close()
             self._admin = None
@@ -295,13 +310,17 @@ def _drop(admin: psycopg.Connection[Any], name: str, patience: float = 2.0) -> N
     Postgres makes a drop wait in 100 ms steps for backends that are still
     exiting; polling pg_stat_activity first is much finer-grained.
     """
-    deadline = time.monotonic() + patience
+    from ._util import NotYet, poll
+
     query = b"SELECT count(*) FROM pg_stat_activity WHERE datname = %s"
-    while time.monotonic() < deadline:
+
+    def backends_gone() -> None:
         row = admin.execute(query, (name,)).fetchone()
-        if not row or row[0] == 0:
-            break
-        time.sleep(0.002)
+        if row and row[0] != 0:
+            raise NotYet(f"{row[0]} backends still on {name}")
+
+    with suppress(NotYet):  # out of patience: FORCE terminates the rest
+        poll(backends_gone, patience, first=0.002, cap=0.002)
     admin.execute(f"DROP DATABASE IF EXISTS {_ident(name)} WITH (FORCE)".encode())
 
 

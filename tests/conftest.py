@@ -7,6 +7,7 @@ without the test images) they are skipped on a developer machine and FAIL under
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import uuid
@@ -26,6 +27,19 @@ IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 os.environ.setdefault("SVCENV_PULL", "never")
 
 
+ENGINE_FIXTURES = {"docker_engine", "leaks"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test that uses the engine (through these fixtures, directly or not) is marked ``docker``,
+    so ``-m "not docker"`` runs without one."""
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        on_docker = callspec is not None and callspec.params.get("backend") == "docker"  # the backend fixture
+        if on_docker or ENGINE_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.docker)
+
+
 def need(reason: str) -> None:
     """Skip locally, fail in CI: the one rule for a missing service."""
     if IN_CI:
@@ -39,11 +53,23 @@ def docker(*args: str) -> str:
 
 
 def containers(label: str = "svcenv.environment") -> list[str]:
-    """Ids of all containers (running or not) that carry ``label`` (``key`` or ``key=value``)."""
+    """Ids of all containers (running or not) that carry ``label`` (``key`` or ``key=value``).
+
+    With no engine answering there are none (a test that needs one fails through ``docker_engine``).
+    """
+    if not _engine_answers():
+        return []
     return docker("ps", "-aq", "--filter", f"label={label}").split()
 
 
+@functools.cache
+def _engine_answers() -> bool:
+    return subprocess.run(["docker", "info"], capture_output=True, timeout=30, check=False).returncode == 0
+
+
 def dangling_volumes() -> set[str]:
+    if not _engine_answers():
+        return set()
     return set(docker("volume", "ls", "-qf", "dangling=true").split())
 
 

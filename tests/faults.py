@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .conftest import _engine_answers
+
 OWNER = Path(__file__).with_name("fault_owner.py")
 ROOT = OWNER.parents[1]
 OWNER_SCENARIOS = (
@@ -39,6 +41,9 @@ SETTLE_S = 20.0
 
 
 def _docker(*args: str) -> list[str]:
+    """The docker CLI's words; nothing when no engine answers (nothing can be left in it then)."""
+    if not _engine_answers():
+        return []
     done = subprocess.run(["docker", *args], check=True, capture_output=True, text=True, timeout=60)
     return done.stdout.split()
 

@@ -14,8 +14,6 @@ import redis
 
 from .conftest import containers
 
-pytestmark = pytest.mark.docker
-
 
 def _read_dotenv(proc: subprocess.Popen[str], keys: set[str], timeout: float = 60) -> dict[str, str]:
     assert proc.stdout is not None

@@ -26,8 +26,6 @@ import redis
 
 from .conftest import containers, dangling_volumes, docker
 
-pytestmark = pytest.mark.docker
-
 CONFIG = "[services.postgres]\n[services.redis]\n"
 
 

@@ -166,18 +166,21 @@ def test_pytest_plugin_takes_the_declared_services_as_its_universe(pytester: pyt
     pytester.makeini("[pytest]\nasyncio_default_fixture_loop_scope = function\n")
     pytester.makepyfile(
         test_universe="""
-        from svcenv.pytest import _manager_key
+        from svcenv.pytest.fixtures import MANAGER
 
-        def test_universe(pytestconfig):
-            manager = pytestconfig.stash[_manager_key]
-            manager.needed = {"*"}
-            assert [(s.name, s.kind) for s in manager.descriptors()] == [
-                ("db", "postgres"), ("cache", "redis"), ("postgres", "postgres")
+        def test_universe(pytestconfig, request):
+            manager = pytestconfig.stash[MANAGER]
+            manager.needed = {"db", "cache", "postgres"}
+            assert [(s.name, s.kind, getattr(s, "dbname", None)) for s in manager.descriptors()] == [
+                ("db", "postgres", "app"), ("cache", "redis", None), ("postgres", "postgres", "test")
             ]
             manager.needed = {"postgres", "redis"}  # what fixtures ask for: by name
-            assert [s.name for s in manager.descriptors()] == ["postgres"]
+            assert [s.name for s in manager.descriptors()] == ["postgres", "redis"]
             manager.needed = set()
             assert manager.descriptors() == ()
+            # Declared services get the factory's fixtures.
+            declared = pytestconfig.pluginmanager.get_plugin("svcenv-declared-fixtures")
+            assert all(hasattr(declared, f) for f in ("db_connection", "db_transaction", "cache_client"))
         """
     )
     result = pytester.runpytest("-p", "no:cacheprovider")

@@ -110,7 +110,7 @@ def test_import_is_light() -> None:
 def _client(base_url: str) -> SimpleNamespace:
     # A remote engine cannot be real here (and no traffic may leave loopback): the
     # function under test only reads the client's base URL, so a stand-in object is enough.
-    return SimpleNamespace(client=SimpleNamespace(api=SimpleNamespace(base_url=base_url)))
+    return SimpleNamespace(api=SimpleNamespace(base_url=base_url))
 
 
 def test_engine_host_is_loopback_for_a_local_engine_and_the_host_for_a_remote_one(

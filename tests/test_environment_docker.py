@@ -32,8 +32,6 @@ from svcenv.probes import HTTP, TCP, LogLine
 
 from .conftest import LeakCheck, containers, docker
 
-pytestmark = pytest.mark.docker
-
 
 @pytest.fixture(scope="module")
 def trio(docker_engine: None) -> tuple[Postgres, Redis, Elasticsearch]:

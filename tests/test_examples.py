@@ -19,8 +19,6 @@ import pytest
 
 from .conftest import containers, docker
 
-pytestmark = pytest.mark.docker
-
 ROOT = Path(__file__).resolve().parent.parent
 COMMANDS = {
     "pytest": [sys.executable, "-m", "pytest", "examples/tests_pytest", "-p", "no:cacheprovider"],

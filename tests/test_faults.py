@@ -9,6 +9,7 @@ guarantees; benchmarks/cleanup.py measures how long each cleanup takes.
 
 from __future__ import annotations
 
+import getpass
 import os
 import subprocess
 import sys
@@ -155,7 +156,8 @@ def test_killed_xdist_worker_and_parallel_sessions_leave_nothing(
             """
         )
     )
-    xdist_dirs_before = set(Path("/tmp").glob(f"svcenv-xdist-{os.getuid()}-*"))
+    xdist_dirs = Path(f"/tmp/pytest-of-{getpass.getuser()}")
+    xdist_dirs_before = set(xdist_dirs.glob("pytest-*/svcenv-xdist"))
     args = [sys.executable, "-m", "pytest", "-n", "2", "-p", "no:cacheprovider", "-q"]
     procs = [
         subprocess.Popen(
@@ -175,4 +177,4 @@ def test_killed_xdist_worker_and_parallel_sessions_leave_nothing(
     assert "6 passed" in calm
     _seconds, left = run.settle(time.monotonic())
     assert not left, left
-    assert set(Path("/tmp").glob(f"svcenv-xdist-{os.getuid()}-*")) <= xdist_dirs_before, "xdist state dir left"
+    assert set(xdist_dirs.glob("pytest-*/svcenv-xdist")) <= xdist_dirs_before, "xdist state dir left"

@@ -12,8 +12,6 @@ from svcenv.isolation import PostgresTemplate, rollback_connection
 
 from .conftest import LeakCheck
 
-pytestmark = pytest.mark.docker
-
 
 @pytest.fixture(scope="module")
 def postgres(docker_engine: None) -> Iterator[PostgresHandle]:

@@ -16,8 +16,6 @@ from svcenv.descriptors import RAM_PGDATA
 
 from .conftest import LeakCheck
 
-pytestmark = pytest.mark.docker
-
 
 @pytest.fixture
 def backend(docker_engine: None) -> Iterator[DockerBackend]:
@@ -32,7 +30,7 @@ def _key(backend: DockerBackend, pg: Postgres) -> str:
 
 
 def _cached_images(backend: DockerBackend, key: str) -> list[str]:
-    return [i.id for i in backend.client.client.images.list(filters={"label": f"{pgcache.KEY_LABEL}={key}"})]
+    return [i.id for i in backend.client.images.list(filters={"label": f"{pgcache.KEY_LABEL}={key}"})]
 
 
 def test_first_start_builds_the_cache_later_starts_use_it(backend: DockerBackend, leaks: LeakCheck) -> None:

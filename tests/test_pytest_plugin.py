@@ -12,8 +12,6 @@ import pytest
 
 from .conftest import containers
 
-pytestmark = pytest.mark.docker
-
 ISOLATION_TESTS = """
 import json, os, pathlib
 import pytest
@@ -192,6 +190,7 @@ def test_marker_skips_locally_and_fails_in_ci(
     )
     monkeypatch.setenv("CI", ci)
     monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/docker.sock")  # no engine answers here
+    monkeypatch.setenv("SVCENV_BACKEND", "docker")  # and no other backend may serve it
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-rs")
     result.assert_outcomes(**{outcome: 1})
     result.stdout.fnmatch_lines(["*no Docker engine answers*"])

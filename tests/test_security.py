@@ -141,12 +141,14 @@ def test_xdist_state_is_private(docker_engine: None, pytester: pytest.Pytester) 
     pytester.makepyfile(
         test_mode=textwrap.dedent(
             """
-            import os, stat, tempfile
-            from pathlib import Path
+            import os, stat
 
-            def test_modes(testrun_uid, redis_client):
-                directory = Path(tempfile.gettempdir()) / f"svcenv-xdist-{os.getuid()}-{testrun_uid}"
-                assert stat.S_IMODE(directory.stat().st_mode) == 0o700
+            def test_modes(tmp_path_factory, redis_client):
+                # pytest-xdist's documented place for what workers share: the run's basetemp.
+                directory = tmp_path_factory.getbasetemp().parent / "svcenv-xdist"
+                info = directory.stat()
+                assert stat.S_IMODE(info.st_mode) == 0o700
+                assert info.st_uid == os.getuid()
                 assert stat.S_IMODE((directory / "state.json").stat().st_mode) == 0o600
             """
         )

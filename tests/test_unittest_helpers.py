@@ -23,8 +23,6 @@ from svcenv.isolation import redis_db_for_worker
 
 from .conftest import LeakCheck
 
-pytestmark = pytest.mark.docker
-
 SEED = "CREATE TABLE seeded (body text); INSERT INTO seeded VALUES ('seed');"
 
 

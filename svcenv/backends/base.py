@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 if TYPE_CHECKING:
     from ..descriptors import Resolved, Service
@@ -81,6 +81,8 @@ class Backend(ABC):
     """Runs services. One backend object serves one environment."""
 
     name: str
+    outlives_owner: ClassVar[bool] = False
+    """Whether its services can outlive the process that started them (keep, detach, reuse)."""
 
     @abstractmethod
     def check(self) -> None:

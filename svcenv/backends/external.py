@@ -270,6 +270,7 @@ class ExternalBackend(Backend):
     """
 
     name = "external"
+    outlives_owner = True  # svcenv never stops them
 
     def __init__(self, urls: Mapping[str, str] | None = None) -> None:
         self._urls = dict(urls or {})

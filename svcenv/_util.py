@@ -1,0 +1,125 @@
+"""One home for the small things every module needs: flags, locks, pids, names, polling.
+
+Each exists once, so that they behave the same everywhere:
+
+* :func:`flag` / :func:`in_ci`: one truthy set (``1``, ``true``, ``yes``, ``on``) and one falsy set.
+* :func:`file_lock`: an exclusive ``fcntl`` lock on a private (0600) file, cancellable.
+* :func:`pid_alive`: whether a process exists (a zombie does not count).
+* :func:`env_prefix`: a service name as a variable prefix (``pg-replica`` -> ``PG_REPLICA``).
+* :func:`poll`: retry a check on tenacity until it passes or a deadline runs out.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import re
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TypeVar
+
+__all__ = ["FALSY", "TRUTHY", "env_prefix", "file_lock", "flag", "in_ci", "pid_alive", "poll"]
+
+TRUTHY = frozenset({"1", "true", "yes", "on"})
+FALSY = frozenset({"0", "false", "no", "off"})
+_T = TypeVar("_T")
+
+
+def flag(name: str, default: bool = False) -> bool:
+    """The boolean environment variable ``name``: truthy/falsy words (any case), else ``default``."""
+    value = os.environ.get(name, "").strip().lower()
+    if value in TRUTHY:
+        return True
+    if value in FALSY:
+        return False
+    return default
+
+
+def in_ci() -> bool:
+    """True when ``CI`` is set to a truthy word (``CI=true``, ``CI=1``, ``CI=on``, ...)."""
+    return flag("CI")
+
+
+def env_prefix(name: str) -> str:
+    """``"postgres-replica"`` -> ``"POSTGRES_REPLICA"``: the prefix of a service's variables."""
+    return re.sub(r"[^A-Za-z0-9]", "_", name).upper()
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists here (one of another user counts; a zombie does not)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except (OSError, IndexError):
+        return True
+
+
+@contextlib.contextmanager
+def file_lock(path: Path, cancel: threading.Event | None = None) -> Iterator[None]:
+    """Hold an exclusive ``fcntl`` lock on ``path`` (created 0600, its directory 0700 if new).
+
+    With ``cancel``, waiting polls and ends with :class:`InterruptedError` once it is set.
+    Closing the descriptor releases the lock, also when the holder dies.
+    """
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        if cancel is None:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        else:
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if cancel.wait(0.02):
+                        raise InterruptedError(f"stopped waiting for lock {path.name}") from None
+        yield
+    finally:
+        os.close(fd)
+
+
+class NotYet(Exception):
+    """Raised by a :func:`poll` check that has not passed yet (its message says why)."""
+
+
+def _wait(cancel: threading.Event, seconds: float) -> None:
+    cancel.wait(seconds)  # wakes at once when cancelled
+
+
+def poll(
+    check: Callable[[], _T],
+    timeout: float,
+    *,
+    first: float = 0.002,
+    cap: float = 0.1,
+    cancel: threading.Event | None = None,
+    retry_on: tuple[type[BaseException], ...] = (NotYet,),
+) -> _T:
+    """Call ``check`` until it returns without raising one of ``retry_on``; return its result.
+
+    Waits start at ``first`` seconds and double up to ``cap``. When ``timeout``
+    runs out (or ``cancel`` is set) the last exception propagates.
+    """
+    from tenacity import Retrying, retry_if_exception_type, stop_after_delay, stop_when_event_set, wait_exponential
+
+    cancel = cancel or threading.Event()
+    for attempt in Retrying(
+        stop=stop_after_delay(timeout) | stop_when_event_set(cancel),
+        wait=wait_exponential(multiplier=first, min=first, max=cap),
+        retry=retry_if_exception_type(retry_on),
+        sleep=lambda seconds: _wait(cancel, seconds),
+        reraise=True,
+    ):
+        with attempt:
+            return check()
+    raise AssertionError("unreachable")  # pragma: no cover
