@@ -41,13 +41,13 @@ import os
 import shlex
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from .descriptors import Elasticsearch, Postgres, Redis, Service
+from .descriptors import KINDS, Service
 from .errors import ConfigurationError
-from .probes import HTTP, TCP, AllOf, Command, LogLine, Probe
+from .records import Spec, build_service, spec_of
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -64,26 +64,29 @@ __all__ = [
     "spec_of",
 ]
 
-Spec = dict[str, Any]
-"""One service's configuration, JSON-able: ``{"name": ..., "kind": ..., ...}``."""
 
-KINDS: dict[str, type[Service]] = {
-    "postgres": Postgres,
-    "redis": Redis,
-    "elasticsearch": Elasticsearch,
-    "service": Service,
-}
 DEFAULT_SERVICES = ("postgres", "redis", "elasticsearch")
 """What runs when no configuration declares services."""
 BACKENDS = ("auto", "docker", "local", "external")
 
 _COMMON = ("kind", "image", "version", "env", "command", "probe", "depends_on", "timeout", "backend")
-_ALLOWED: dict[str, tuple[str, ...]] = {
-    "service": (*_COMMON, "ports", "tmpfs", "scheme"),
-    "postgres": (*_COMMON, "user", "password", "dbname", "settings", "tuned", "cache"),
-    "redis": (*_COMMON, "password"),
-    "elasticsearch": (*_COMMON, "heap"),
-}
+_GENERIC = ("ports", "tmpfs", "scheme")
+"""Keys only a generic service takes: a kind knows its own ports and scheme."""
+
+
+def _own_fields(kind: type[Service]) -> dict[str, str]:
+    """The keys a kind adds to the common ones (its dataclass fields beyond Service's), with their types."""
+    if kind is Service:
+        return dict.fromkeys(_GENERIC, "")
+    base = {f.name for f in fields(Service)}
+    return {f.name: str(f.type) for f in fields(kind) if f.name not in base}
+
+
+def allowed_keys(kind: str) -> tuple[str, ...]:
+    """The configuration keys of a kind: the common ones and the kind's own fields."""
+    return (*_COMMON, *_own_fields(KINDS[kind]))
+
+
 _TOP = ("reuse", "backend", "timeout", "services")
 _PROBES = ("tcp", "http", "log", "command")
 _PROBE_OPTIONS = {
@@ -281,23 +284,24 @@ class _Checker:
     def service(self, name: str, value: Any) -> Spec:
         where = ("services", name)
         self.typed(value, dict, self.key(*where), "a table")
-        kind = value.get("kind", name if name in KINDS and name != "service" else "service")
+        kind = value.get("kind", name if name in KINDS else "service")
         if kind not in KINDS:
             raise self.fail(self.key(*where, "kind"), f"must be one of {', '.join(KINDS)}, got {kind!r}")
-        self.only(value, _ALLOWED[kind], *where)
+        self.only(value, allowed_keys(kind), *where)
+        own = _own_fields(KINDS[kind])
         spec: Spec = {"name": name, "kind": kind}
         for key, item in value.items():
             dotted = self.key(*where, key)
             if key in ("kind",):
                 continue
-            if key in ("image", "user", "password", "dbname", "heap", "scheme"):
-                spec[key] = self.typed(item, str, dotted, "a string")
-            elif key == "version":
+            if key == "version":
                 spec[key] = str(self.typed(item, (str, int, float), dotted, 'a string such as "16"'))
-            elif key in ("tuned", "cache"):
-                spec[key] = self.typed(item, bool, dotted, "true or false")
-            elif key in ("env", "settings"):
+            elif key == "env" or "Mapping" in own.get(key, ""):
                 spec[key] = self.string_map(item, dotted)
+            elif "bool" in own.get(key, ""):
+                spec[key] = self.typed(item, bool, dotted, "true or false")
+            elif key in ("image", "scheme") or "str" in own.get(key, ""):
+                spec[key] = self.typed(item, str, dotted, "a string")
             elif key == "command":
                 spec[key] = shlex.split(item) if isinstance(item, str) else self.strings(item, dotted)
             elif key in ("depends_on", "tmpfs"):
@@ -350,93 +354,3 @@ class _Checker:
                     checked[option] = self.typed(item[option], int, f"{key}.{option}", "an integer")
             out.append(checked)
         return out
-
-
-# -- specs <-> descriptors --------------------------------------------------------------------------
-
-
-def _build_probe(items: Sequence[Mapping[str, Any]]) -> Probe | None:
-    probes: list[Probe] = []
-    for item in items:
-        if "tcp" in item:
-            probes.append(TCP(port=None if item["tcp"] is True else int(item["tcp"])))
-        elif "http" in item:
-            probes.append(HTTP(item["http"], status=int(item.get("status", 200)), port=item.get("port")))
-        elif "log" in item:
-            probes.append(LogLine(item["log"], times=int(item.get("times", 1))))
-        elif "command" in item:
-            probes.append(Command(item["command"], exit_code=int(item.get("exit_code", 0))))
-    if not probes:
-        return None
-    return probes[0] if len(probes) == 1 else AllOf(tuple(probes))
-
-
-def _probe_spec(probe: Probe | None) -> list[dict[str, Any]] | None:
-    """A probe as spec items; None for the kind's default or a probe a spec cannot describe."""
-    if probe is None:
-        return None
-    parts = probe.probes if isinstance(probe, AllOf) else (probe,)
-    out: list[dict[str, Any]] = []
-    for part in parts:
-        if isinstance(part, TCP):
-            out.append({"tcp": True if part.port is None else part.port})
-        elif isinstance(part, HTTP):
-            out.append({"http": part.path, "status": part.status, **({"port": part.port} if part.port else {})})
-        elif isinstance(part, LogLine):
-            out.append({"log": part.pattern, "times": part.times})
-        elif isinstance(part, Command):
-            out.append({"command": list(part.argv), "exit_code": part.exit_code})
-        else:
-            out.append({"other": repr(part)})
-    return out
-
-
-def _image_for_version(kind: type[Service], version: str) -> str:
-    base = os.environ.get(f"SVCENV_{kind.kind.upper()}_IMAGE") or kind.default_image or ""
-    repository = base.rsplit(":", 1)[0] if ":" in base.rsplit("/", 1)[-1] else base
-    return f"{repository}:{version}"
-
-
-def build_service(spec: Mapping[str, Any]) -> Service:
-    """The descriptor a spec describes (raises :class:`ConfigurationError` for impossible values)."""
-    kind = KINDS[spec.get("kind", "service")]
-    names = {f.name for f in fields(kind)}
-    kwargs: dict[str, Any] = {}
-    for key, value in spec.items():
-        if key in ("kind", "version"):
-            continue
-        if key == "probe":
-            kwargs["probe"] = _build_probe(value)
-        elif key in ("ports", "depends_on", "tmpfs", "command"):
-            kwargs[key] = tuple(value)
-        elif key in names:
-            kwargs[key] = value
-    if "version" in spec and "image" not in spec:
-        kwargs["image"] = _image_for_version(kind, str(spec["version"]))
-    return kind(**kwargs)
-
-
-def spec_of(service: Service) -> Spec:
-    """``service`` as a spec, its image made concrete (``SVCENV_<KIND>_IMAGE`` read now).
-
-    Two descriptors that would run the same server have equal specs; this is
-    what reuse hashes. A given password is part of it; a generated one is not.
-    """
-    spec: Spec = {"kind": service.kind if type(service) in KINDS.values() else "service"}
-    for f in fields(service):
-        value = getattr(service, f.name)
-        if f.name == "probe":
-            value = _probe_spec(value)
-        elif isinstance(value, tuple):
-            value = list(value)
-        elif isinstance(value, Mapping):
-            value = dict(value)
-        if value is not None:
-            spec[f.name] = value
-    spec["image"] = service.effective_image
-    return spec
-
-
-def with_backend(service: Service, backend: str) -> Service:
-    """``service`` pinned to ``backend``."""
-    return replace(service, backend=backend)

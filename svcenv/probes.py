@@ -11,13 +11,14 @@ a client can use the service, not merely that a port is open.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import socket
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .errors import CredentialsRejected, ProbeFailed, ServiceExited
 
@@ -36,12 +37,18 @@ __all__ = [
     "PostgresQuery",
     "Probe",
     "RedisPing",
+    "from_record",
+    "to_record",
     "wait_until_ready",
 ]
 
 FIRST_POLL = 0.01
 """Seconds before the second attempt; later waits double up to :data:`MAX_POLL`."""
 MAX_POLL = 0.25
+
+
+RECORDABLE: dict[str, type[Probe]] = {}
+"""The probes svcenv ships (every ``Probe`` subclass defined in the ``svcenv`` package), by class name."""
 
 
 class Probe(ABC):
@@ -53,6 +60,11 @@ class Probe(ABC):
 
     def __and__(self, other: Probe) -> AllOf:
         return AllOf((self, other))
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.__module__.split(".")[0] == "svcenv":  # shipped with svcenv: it can be recorded
+            RECORDABLE.setdefault(cls.__name__, cls)
 
 
 @dataclass(frozen=True)
@@ -261,9 +273,11 @@ def wait_until_ready(
         if isinstance(exc, ProbeFailed):
             if exc.credentials and service.backend == "external":
                 # An owned server may refuse while its password is being set; a running one will not change its mind.
+                from .backends.external import url_variable  # here: backends import this module
+
                 raise CredentialsRejected(
                     f"the server refuses the credentials ({exc}); "
-                    f"check the user and password in the URL (e.g. SVCENV_{service.name.upper()}_URL)"
+                    f"check the user and password in the URL (e.g. {url_variable(service.name)})"
                 )
             status = service.exit_status()
             if status is not None:
@@ -282,3 +296,43 @@ def wait_until_ready(
             attempts += 1
             probe.check(service)
     return attempts
+
+
+# -- records: a probe as JSON-able data, and back ----------------------------------------------
+
+ProbeRecord = dict[str, Any]
+"""``{"probe": "<class name>", <field>: <value>, ...}``; ``AllOf`` holds ``"probes": [records]``."""
+
+def to_record(probe: Probe) -> ProbeRecord:
+    """``probe`` as a record; a probe svcenv does not ship cannot be recorded (ConfigurationError says so)."""
+    from .errors import ConfigurationError
+
+    name = type(probe).__name__
+    if RECORDABLE.get(name) is not type(probe):
+        raise ConfigurationError(
+            f"probe {probe!r} cannot be recorded: only the probes svcenv ships ({', '.join(sorted(RECORDABLE))}) "
+            "can be written to a state file or a reuse record; pass the descriptor itself where you attach"
+        )
+    if isinstance(probe, AllOf):
+        return {"probe": name, "probes": [to_record(part) for part in probe.probes]}
+    record: ProbeRecord = {"probe": name}
+    for f in dataclasses.fields(probe):  # type: ignore[arg-type]
+        value = getattr(probe, f.name)
+        record[f.name] = list(value) if isinstance(value, tuple) else value
+    return record
+
+
+def from_record(record: Mapping[str, Any]) -> Probe:
+    """The probe a :func:`to_record` record describes (ConfigurationError for an unknown one)."""
+    from .errors import ConfigurationError
+
+    cls = RECORDABLE.get(str(record.get("probe")))
+    if cls is None:
+        raise ConfigurationError(f"unknown probe record {dict(record)!r}; known: {', '.join(sorted(RECORDABLE))}")
+    if cls is AllOf:
+        return AllOf(tuple(from_record(part) for part in record["probes"]))
+    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in record.items() if k != "probe"}
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:
+        raise ConfigurationError(f"probe record {dict(record)!r} does not fit {cls.__name__}: {exc}") from None

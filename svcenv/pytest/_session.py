@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from .._util import in_ci
+from ..config import DEFAULT_SERVICES
 from ..descriptors import KINDS, Service
 from ..environment import Environment
 from ..errors import BackendUnavailable, ConfigurationError, ServiceStartError
@@ -29,7 +30,6 @@ if TYPE_CHECKING:
     from ..config import ProjectConfig
     from ..reuse import Acquired
 
-DEFAULT_SERVICES = ("postgres", "redis", "elasticsearch")
 SERVICE_ATTR = "_svcenv_service"
 """Set on every fixture function the factory makes: the descriptor it belongs to."""
 
