@@ -37,6 +37,7 @@ and the keys above); :func:`build_service` makes a descriptor of it and
 
 from __future__ import annotations
 
+import math
 import os
 import shlex
 import sys
@@ -176,7 +177,7 @@ def find_config(start: Path | None = None) -> Path | None:
 def _has_tool_table(path: Path) -> bool:
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, tomllib.TOMLDecodeError):
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
         return True  # let load_config report the problem
     return isinstance(data.get("tool"), dict) and "svcenv" in data["tool"]
 
@@ -192,6 +193,10 @@ def load_config(path: Path | None = None, start: Path | None = None) -> ProjectC
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise ConfigurationError(f"{path}: cannot read the configuration: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigurationError(
+            f"{path}: not UTF-8 (byte {exc.start}: {exc.reason}); TOML files are UTF-8, re-save it as UTF-8"
+        ) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigurationError(f"{path}: not valid TOML: {exc}") from exc
     if path.name == "pyproject.toml":
@@ -263,8 +268,8 @@ class _Checker:
         if value is None:
             return None
         number = float(self.typed(value, (int, float), key, "a number of seconds"))
-        if number <= 0:
-            raise self.fail(key, f"must be > 0 seconds, got {value!r}")
+        if not 0 < number < math.inf:
+            raise self.fail(key, f"must be a finite number of seconds > 0, got {value!r}")
         return number
 
     def strings(self, value: Any, key: str) -> list[str]:

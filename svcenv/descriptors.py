@@ -9,6 +9,7 @@ and every default image can be replaced per descriptor (``image=``) or through
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import secrets
@@ -216,8 +217,10 @@ class Service:
         for port in self.ports:
             if not 0 < port < 65536:
                 raise ConfigurationError(f"service {self.name!r}: port {port} is not in 1..65535")
-        if self.timeout is not None and not self.timeout > 0:
-            raise ConfigurationError(f"service {self.name!r}: timeout must be > 0 seconds, got {self.timeout!r}")
+        if self.timeout is not None and not 0 < self.timeout < math.inf:
+            raise ConfigurationError(
+                f"service {self.name!r}: timeout must be a finite number of seconds > 0, got {self.timeout!r}"
+            )
         if self.name in self.depends_on:
             raise ConfigurationError(f"service {self.name!r} cannot depend on itself")
         if self.backend not in (None, "auto", "docker", "local", "external"):

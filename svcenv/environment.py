@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import secrets
 import threading
@@ -14,6 +15,7 @@ from dataclasses import dataclass, replace
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
+from ._util import env_prefix
 from ._version import __version__
 from .backends import choose, requested_backend
 from .backends.base import (
@@ -122,8 +124,8 @@ class Environment:
         teardown_timeout: float = 30.0,
         labels: Mapping[str, str] | None = None,
     ) -> None:
-        if timeout is not None and not timeout > 0:
-            raise ConfigurationError(f"Environment timeout must be > 0 seconds, got {timeout!r}")
+        if timeout is not None and not 0 < timeout < math.inf:
+            raise ConfigurationError(f"Environment timeout must be a finite number of seconds > 0, got {timeout!r}")
         self.id = secrets.token_hex(6)
         self._services: dict[str, Service] = {}
         for service in services:
@@ -136,6 +138,7 @@ class Environment:
                 )
             self._services[service.name] = service
         _check_dependencies(self._services)
+        _check_prefixes(self._services)
         self._backend_choice = backend
         self._timeout = timeout
         self.teardown_timeout = teardown_timeout
@@ -500,6 +503,18 @@ def _check_dependencies(services: Mapping[str, Service]) -> None:
         # graphlib walks from a dependency to its dependents; the message reads "a depends on b -> ...".
         cycle: list[str] = list(reversed(error.args[1]))
         raise ConfigurationError("dependency cycle: " + " -> ".join(cycle)) from None
+
+
+def _check_prefixes(services: Mapping[str, Service]) -> None:
+    """Two names that make the same variables (``cache-a``, ``cache_a``, ``cache.a``) would overwrite each other."""
+    seen: dict[str, str] = {}
+    for name in services:
+        prefix = env_prefix(name)
+        if prefix in seen:
+            raise ConfigurationError(
+                f"services {seen[prefix]!r} and {name!r} would both set {prefix}_HOST/_PORT/_URL; rename one"
+            )
+        seen[prefix] = name
 
 
 def _left(deadline: float) -> float:

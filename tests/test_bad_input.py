@@ -47,9 +47,20 @@ WRONG_TYPES: list[tuple[Callable[[], object], str]] = [
 BAD_VALUES: list[tuple[Callable[[], object], str]] = [
     (lambda: Service("web", image="i", ports=(0,)), "service 'web': port 0 is not in 1..65535"),
     (lambda: Service("web", image="i", ports=(70000,)), "service 'web': port 70000 is not in 1..65535"),
-    (lambda: Postgres(timeout=0), "service 'postgres': timeout must be > 0 seconds, got 0"),
-    (lambda: Redis(timeout=-1), "service 'redis': timeout must be > 0 seconds, got -1"),
-    (lambda: Environment(Redis(), timeout=0), "Environment timeout must be > 0 seconds, got 0"),
+    (lambda: Postgres(timeout=0), "service 'postgres': timeout must be a finite number of seconds > 0, got 0"),
+    (lambda: Redis(timeout=-1), "service 'redis': timeout must be a finite number of seconds > 0, got -1"),
+    (lambda: Environment(Redis(), timeout=0), "Environment timeout must be a finite number of seconds > 0, got 0"),
+    (lambda: Redis(timeout=float("inf")), "service 'redis': timeout must be a finite number of seconds > 0, got inf"),
+    (lambda: Redis(timeout=float("nan")), "service 'redis': timeout must be a finite number of seconds > 0, got nan"),
+    (lambda: Environment(Redis(), timeout=float("inf")), "Environment timeout must be a finite number"),
+    (
+        lambda: Environment(Redis(name="cache-a"), Redis(name="cache_a")),
+        "services 'cache-a' and 'cache_a' would both set CACHE_A_HOST/_PORT/_URL; rename one",
+    ),
+    (
+        lambda: Environment(Redis(name="cache.a"), Redis(name="cache-a")),
+        "services 'cache.a' and 'cache-a' would both set CACHE_A_HOST",
+    ),
     (lambda: Redis(backend="cloud"), "service 'redis': unknown backend 'cloud'"),
     (lambda: Service("Web Server", image="i"), "service name 'Web Server' is not valid"),
 ]
@@ -76,8 +87,17 @@ CONFIG_ERRORS = [
         '[services.web]\nimage = "nginx"\ndepends_on = ["db"]\n',
         "services.web.depends_on: 'db' is not a declared service",
     ),
-    ("[services.redis]\ntimeout = 0\n", "services.redis.timeout: must be > 0 seconds"),
+    ("[services.redis]\ntimeout = 0\n", "services.redis.timeout: must be a finite number of seconds > 0"),
+    ("[services.redis]\ntimeout = inf\n", "services.redis.timeout: must be a finite number of seconds > 0, got inf"),
+    ("[services.redis]\ntimeout = nan\n", "services.redis.timeout: must be a finite number of seconds > 0, got nan"),
 ]
+
+
+def test_a_config_file_that_is_not_utf8_is_a_configuration_error(tmp_path: Path) -> None:
+    # A latin-1 pyproject.toml, even without [tool.svcenv]: a clear error, not a bare UnicodeDecodeError.
+    (tmp_path / "pyproject.toml").write_bytes('[project]\nname = "caf\xe9"\n'.encode("latin-1"))
+    with pytest.raises(ConfigurationError, match=r"pyproject\.toml: not UTF-8 .*re-save it as UTF-8"):
+        load_config(start=tmp_path)
 
 
 @pytest.mark.parametrize(("text", "message"), CONFIG_ERRORS)
