@@ -6,11 +6,11 @@ stays light. No ``repr`` here shows a password or a URL that contains one.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
+from ._util import env_prefix
 from .errors import ConfigurationError
 
 if TYPE_CHECKING:
@@ -23,11 +23,6 @@ if TYPE_CHECKING:
     from .descriptors import Elasticsearch, Postgres, Redis, Resolved, Service
 
 __all__ = ["ElasticsearchHandle", "PostgresHandle", "RedisHandle", "ServiceHandle", "env_prefix"]
-
-
-def env_prefix(name: str) -> str:
-    """``"postgres-replica"`` -> ``"POSTGRES_REPLICA"``: the prefix of a service's variables."""
-    return re.sub(r"[^A-Za-z0-9]", "_", name).upper()
 
 
 class ServiceHandle:

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from ._util import FALSY, TRUTHY, in_ci, pid_alive
 from ._version import __version__
 from .backends import requested_backend
 from .backends.base import LABEL_ENVIRONMENT, LABEL_OWNER_PID, LABEL_VERSION
@@ -60,8 +61,6 @@ LABEL_KEEP = "svcenv.keep"
 LABEL_REUSE_HASH = "svcenv.reuse-hash"
 LABEL_STATE_DIR = "svcenv.state-dir"
 LABEL_PROJECT = "svcenv.project"
-_TRUTHY = ("1", "true", "yes", "on")
-_FALSY = ("0", "false", "no", "off")
 ATTACH_PROBE_TIMEOUT = 5.0
 """Seconds a recorded service gets to answer its probe before it counts as broken."""
 
@@ -89,8 +88,8 @@ def reuse_wanted(
     forced = forced or setting == "force"
     if refused:
         return False
-    wanted = asked or forced or setting in _TRUTHY or (configured and setting not in _FALSY)
-    if wanted and not forced and os.environ.get("CI", "").lower() in _TRUTHY:
+    wanted = asked or forced or setting in TRUTHY or (configured and setting not in FALSY)
+    if wanted and not forced and in_ci():
         notice("CI=true: starting fresh services, not reusing (--force-reuse or SVCENV_REUSE=force reuses)")
         return False
     return wanted
@@ -171,11 +170,8 @@ def health(handle: ServiceHandle, client: Any | None) -> str:
         status, _ = container_state(client, handle.id)
         if status != "running":
             return f"gone: container {handle.id[:12]} is {status}"
-    elif handle.backend == "local":
-        from .state import pid_alive
-
-        if not handle.id.isdigit() or not pid_alive(int(handle.id)):
-            return f"gone: process {handle.id} is not running"
+    elif handle.backend == "local" and (not handle.id.isdigit() or not pid_alive(int(handle.id))):
+        return f"gone: process {handle.id} is not running"
     probe = attached_probe(handle.descriptor)
     if probe is None:
         return "healthy"

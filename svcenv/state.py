@@ -18,7 +18,6 @@ A record's ``services`` maps each service name to an *entry*: its ``spec`` (see
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -26,10 +25,11 @@ import stat
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from ._util import file_lock, pid_alive
 from .errors import ConfigurationError
 
 __all__ = ["Record", "StateDir", "pid_alive", "project_key", "state_root"]
@@ -50,22 +50,6 @@ def state_root() -> Path:
 def project_key(project_dir: Path) -> str:
     """A short stable key for a project directory."""
     return hashlib.sha256(str(project_dir.resolve()).encode()).hexdigest()[:16]
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether a process with this pid exists (one of another user counts)."""
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie has exited
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except (OSError, IndexError):
-        return True
 
 
 class StateDir:
@@ -122,25 +106,9 @@ class StateDir:
         except OSError:
             return []
 
-    @contextlib.contextmanager
-    def lock(self, name: str, cancel: threading.Event | None = None) -> Iterator[None]:
+    def lock(self, name: str, cancel: threading.Event | None = None) -> contextlib.AbstractContextManager[None]:
         """Hold an exclusive ``fcntl`` lock named ``name``; waiting ends with InterruptedError if ``cancel`` is set."""
-        path = self.root / f"{name}.lock"
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            if cancel is None:
-                fcntl.flock(fd, fcntl.LOCK_EX)
-            else:
-                while True:
-                    try:
-                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                        break
-                    except BlockingIOError:
-                        if cancel.wait(0.02):
-                            raise InterruptedError(f"stopped waiting for lock {name}") from None
-            yield
-        finally:
-            os.close(fd)  # closing releases the lock
+        return file_lock(self.root / f"{name}.lock", cancel)
 
     # -- environments ---------------------------------------------------------------------
 

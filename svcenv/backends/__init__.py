@@ -14,6 +14,7 @@ import os
 from collections.abc import Mapping, MutableMapping
 from typing import TYPE_CHECKING
 
+from .._util import env_prefix
 from ..errors import BackendUnavailable, ConfigurationError
 from .base import Backend, Instance
 
@@ -68,7 +69,7 @@ def choose(service: Service, requested: str, made: MutableMapping[str, Backend])
     for name, reason in reasons.items():
         if reason is None:
             return backend(name)
-    var = service.name.upper().replace("-", "_").replace(".", "_")
+    var = env_prefix(service.name)
     lines = [f"no backend can run service {service.name!r} (backend=auto tried {', '.join(AUTO_ORDER)}):"]
     lines += [f"  - {name}: {_strip(name, str(reason))}" for name, reason in reasons.items()]
     lines.append("Fix one of them: " + "; or ".join(_FIXES[name].format(var=var) for name in AUTO_ORDER) + ".")

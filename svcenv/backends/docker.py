@@ -1,21 +1,27 @@
-"""The Docker backend, built on testcontainers' ``DockerContainer`` and its client.
+"""The Docker backend, on the Docker SDK (docker-py) and one client per backend.
 
-What svcenv changes from testcontainers' defaults, and why:
+What svcenv does, and why:
 
-* Ports publish on 127.0.0.1 (testcontainers publishes on every interface). For
-  a remote engine (``DOCKER_HOST=tcp://…``/``ssh://…``) loopback would be
-  unreachable, so they publish on the engine's interfaces and svcenv connects to
-  the engine's host. ``SVCENV_DOCKER_BIND`` overrides the bind address.
+* Containers carry svcenv's labels only (``svcenv.*`` and those the caller
+  passes): no ``org.testcontainers.*`` label, so a Ryuk that testcontainers
+  starts in the same process never removes svcenv's (kept or reused) containers.
+* A container joins the engine's default bridge, as ``docker run`` does; never
+  a network the caller did not ask for (testcontainers would attach the
+  caller's own network when it runs inside a container).
+* Ports publish on 127.0.0.1. For a remote engine (``DOCKER_HOST=tcp://…``/``ssh://…``)
+  loopback would be unreachable, so they publish on the engine's interfaces and
+  svcenv connects to the engine's host. ``SVCENV_DOCKER_BIND`` overrides the bind address.
 * svcenv connects to 127.0.0.1 for a local engine even when it runs inside a
   container (testcontainers would pick the bridge gateway), to the engine's host
   for a remote one, or to ``TESTCONTAINERS_HOST_OVERRIDE`` if set.
-* No Ryuk: containers carry ``svcenv.*`` labels and the environment removes them
-  by label on every exit path. If the owner dies (even by SIGKILL), a small
-  reaper process (:mod:`svcenv.backends._docker_reaper`) removes them instead;
-  ``SVCENV_REAPER=0`` turns it off. Nothing depends on pulling Ryuk's image.
+* No Ryuk: the environment removes its containers by label on every exit path.
+  If the owner dies (even by SIGKILL), a small reaper process
+  (:mod:`svcenv.backends._docker_reaper`) removes them instead; ``SVCENV_REAPER=0``
+  turns it off. Nothing depends on pulling Ryuk's image.
 * Containers are removed with their anonymous volumes (the postgres image
   declares a ``VOLUME``).
-* A missing image is pulled, unless ``SVCENV_PULL=never`` (compose's
+* The image checked, pulled or refused is the image created (see :func:`hub_image`).
+  A missing image is pulled, unless ``SVCENV_PULL=never`` (compose's
   ``pull_policy: never``): then it is an :class:`~svcenv.errors.ImageUnavailable`
   at once, without asking any registry. svcenv's own tests run that way.
 """
@@ -30,14 +36,16 @@ import sys
 import threading
 import urllib.parse
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, cast
 
+from .._util import flag
 from ..errors import BackendUnavailable, ImageUnavailable, ServiceExited
 from .base import LABEL_ENVIRONMENT, LABEL_SERVICE, Backend, Instance
 
 if TYPE_CHECKING:
+    from docker import DockerClient
     from docker.models.containers import Container
-    from testcontainers.core.docker_client import DockerClient
 
     from ..descriptors import Resolved
 
@@ -52,7 +60,7 @@ def _is_loopback(host: str) -> bool:
 
 
 def engine_host(client: DockerClient) -> str:
-    """The address at which this process reaches ports the engine publishes."""
+    """The address at which this process reaches ports the engine publishes (``client``: a docker-py client)."""
     from testcontainers.core.config import testcontainers_config
     from testcontainers.core.docker_client import get_docker_host_hostname
 
@@ -62,29 +70,44 @@ def engine_host(client: DockerClient) -> str:
     ssh_host = get_docker_host_hostname()
     if ssh_host:
         return ssh_host
-    url = urllib.parse.urlparse(client.client.api.base_url)
+    url = urllib.parse.urlparse(client.api.base_url)
     remote = url.scheme in ("http", "https", "tcp") and url.hostname not in (None, "localnpipe")
     if remote and url.hostname and not _is_loopback(url.hostname):
         return url.hostname
     return "127.0.0.1"
 
 
+def hub_image(image: str) -> str:
+    """The image svcenv checks, pulls and creates for ``image``.
+
+    ``TESTCONTAINERS_HUB_IMAGE_NAME_PREFIX`` (e.g. a registry mirror), if set, is
+    prepended here and nowhere else, so the check and the create agree.
+    """
+    return os.environ.get("TESTCONTAINERS_HUB_IMAGE_NAME_PREFIX", "") + image
+
+
 PING_TIMEOUT = 5
 """Seconds an engine gets to answer svcenv's first ping."""
 
+API_TIMEOUT = 60
+"""Seconds any later call to the engine may take (docker-py's default)."""
+
 
 class DockerInstance(Instance):
-    """A container created through testcontainers."""
+    """A container created through the Docker SDK."""
 
     backend = "docker"
 
     def __init__(
-        self, container: Any, host: str, ports: tuple[int, ...], post_start: Callable[[Any], None] | None = None
+        self,
+        container: Container,
+        host: str,
+        ports: tuple[int, ...],
+        post_start: Callable[[Container], None] | None = None,
     ) -> None:
-        self._tc = container  # a testcontainers DockerContainer
         self._post_start = post_start
-        self._container: Container = container.get_wrapped_container()
-        self.id = str(self._container.id)
+        self._container = container
+        self.id = str(container.id)
         self.host = host
         self._wanted = ports
         self.ports: dict[int, int] = {}
@@ -152,6 +175,7 @@ class DockerBackend(Backend):
     """Runs each service as a container on the engine ``DOCKER_HOST`` names (or the local one)."""
 
     name = "docker"
+    outlives_owner = True  # containers run on the engine, not in this process
 
     def __init__(self) -> None:
         self._client: DockerClient | None = None
@@ -162,7 +186,7 @@ class DockerBackend(Backend):
 
     def _arm_reaper(self, env_id: str) -> None:
         """Start the process that removes this environment's containers if this process dies."""
-        if os.environ.get("SVCENV_REAPER", "1").lower() in ("0", "false", "no", "off"):
+        if not flag("SVCENV_REAPER", default=True):
             return
         with self._reaper_lock:
             if self._reaper is not None:
@@ -188,6 +212,7 @@ class DockerBackend(Backend):
 
     @property
     def client(self) -> DockerClient:
+        """The backend's one Docker SDK client (made, and the engine pinged, on first use)."""
         if self._client is None:
             self.check()
         assert self._client is not None
@@ -198,19 +223,18 @@ class DockerBackend(Backend):
             return
         if self._error is not None:
             raise self._error
+        client: DockerClient | None = None
         try:
             import docker
 
-            # A short-timeout ping first: an engine that does not answer fails in seconds.
-            probe = docker.from_env(timeout=PING_TIMEOUT)
-            try:
-                probe.ping()
-            finally:
-                probe.close()
-            from testcontainers.core.docker_client import DockerClient
-
-            client = DockerClient()
+            # A short timeout for the version negotiation and the ping: an engine
+            # that does not answer fails in seconds. Later calls get the usual one.
+            client = docker.from_env(version="auto", timeout=PING_TIMEOUT)
+            client.ping()
+            client.api.timeout = API_TIMEOUT
         except Exception as exc:
+            if client is not None:
+                client.close()
             where = os.environ.get("DOCKER_HOST") or "the local socket (/var/run/docker.sock)"
             self._error = BackendUnavailable(
                 f"docker: no Docker engine answers at {where}: {' '.join(str(exc).split())}. "
@@ -235,9 +259,10 @@ class DockerBackend(Backend):
         return "127.0.0.1" if _is_loopback(self.host) else "0.0.0.0"  # noqa: S104 (remote engine)
 
     def _ensure_image(self, resolved: Resolved) -> None:
+        """Make sure ``resolved.image`` (exactly that name) is on the engine: pull it, or refuse."""
         import docker.errors
 
-        images = self.client.client.images
+        images = self.client.images
         try:
             images.get(resolved.image)
             return
@@ -259,58 +284,42 @@ class DockerBackend(Backend):
             ) from exc
 
     def create(self, resolved: Resolved, labels: Mapping[str, str]) -> DockerInstance:
-        from testcontainers.core.container import DockerContainer
-
         from . import pgcache
 
         self._arm_reaper(labels.get(LABEL_ENVIRONMENT, ""))
+        resolved = replace(resolved, image=hub_image(resolved.image))
         self._ensure_image(resolved)
-        post_start: Callable[[Any], None] | None = None
+        post_start: Callable[[Container], None] | None = None
         if pgcache.enabled(resolved):
+            # The cache image is built from the image just checked, on this engine: it is used as named.
             resolved, _ = pgcache.prepare(self.client, resolved, labels)
             timeout = resolved.service.effective_timeout
             final = resolved
             post_start = lambda container: pgcache.set_password(container, final, timeout)  # noqa: E731
-        container = DockerContainer(
-            resolved.image,
-            # A pinned API version makes the throw-away client open no connection.
-            docker_client_kw={"version": self.client.client.api.api_version},
-            env=dict(resolved.env),
-        )
-        if resolved.command is not None:
-            container.with_command(list(resolved.command))
-        container._docker = self.client  # share one client (and its connection pool)
         bind = self.bind_address
-        for port in resolved.ports:
-            # docker-py takes (host_ip,) as "this interface, any free port".
-            container.ports[f"{port}/tcp"] = cast(Any, (bind,))
-        for path in resolved.tmpfs:
-            container.with_tmpfs_mount(path)
-        env_id = labels.get("svcenv.environment", "x")
-        container.with_name(f"svcenv-{env_id}-{resolved.name}")
-        all_labels = {**labels, LABEL_SERVICE: resolved.name}
-        container._configure()
-        created = self.client.create(
-            container.image,
-            command=container._command,
-            environment=container.env,
-            ports=container.ports,
-            labels=all_labels,
-            name=container._name,
-            tmpfs=container.tmpfs,
+        env_id = labels.get(LABEL_ENVIRONMENT, "x")
+        created = self.client.containers.create(
+            resolved.image,
+            command=list(resolved.command) if resolved.command is not None else None,
+            environment=dict(resolved.env),
+            # docker-py takes (host_ip,) as "this interface, any free port" (its stubs do not say so).
+            ports={f"{port}/tcp": cast(Any, (bind,)) for port in resolved.ports},
+            labels={**labels, LABEL_SERVICE: resolved.name},
+            name=f"svcenv-{env_id}-{resolved.name}",
+            tmpfs=dict.fromkeys(resolved.tmpfs, ""),
             entrypoint=list(resolved.entrypoint) if resolved.entrypoint else None,
+            detach=True,
         )
-        container._container = created
-        return DockerInstance(container, self.host, resolved.ports, post_start)
+        return DockerInstance(created, self.host, resolved.ports, post_start)
 
     def cleanup(self, labels: Mapping[str, str]) -> int:
         if self._client is None:
             return 0
         from ._docker_reaper import remove_labelled
 
-        return remove_labelled(self.client.client, labels)
+        return remove_labelled(self._client, labels)
 
     def close(self) -> None:
         self.disown()  # everything is removed by now: the reaper has nothing left to do
         if self._client is not None:
-            self._client.client.close()
+            self._client.close()

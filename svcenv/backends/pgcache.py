@@ -21,23 +21,20 @@ Opt out with ``Postgres(cache=False)`` or ``SVCENV_POSTGRES_CACHE=0``.
 from __future__ import annotations
 
 import base64
-import contextlib
-import fcntl
 import hashlib
 import hmac
 import json
-import os
 import secrets
-import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, cast
 
 from .._paths import cache_dir
+from .._util import NotYet, file_lock, flag, poll
 from ..errors import ServiceExited
 
 if TYPE_CHECKING:
-    from testcontainers.core.docker_client import DockerClient
+    from docker import DockerClient
 
     from ..descriptors import Resolved
 
@@ -59,7 +56,7 @@ def enabled(resolved: Resolved) -> bool:
     service = resolved.service
     if not isinstance(service, Postgres) or not service.cache or service.command is not None:
         return False
-    return os.environ.get("SVCENV_POSTGRES_CACHE", "1").lower() not in ("0", "false", "no", "off")
+    return flag("SVCENV_POSTGRES_CACHE", default=True)
 
 
 def scram_verifier(password: str, iterations: int = 4096) -> str:
@@ -75,29 +72,14 @@ def scram_verifier(password: str, iterations: int = 4096) -> str:
 
 def cache_key(client: DockerClient, resolved: Resolved) -> str:
     """Hash of everything the initialised data directory depends on."""
-    base_id = client.client.images.get(resolved.image).id
+    base_id = client.images.get(resolved.image).id
     env = {k: v for k, v in resolved.env.items() if k not in ("POSTGRES_PASSWORD", "PGDATA")}
     material = json.dumps({"base": base_id, "env": env, "format": FORMAT}, sort_keys=True)
     return hashlib.sha256(material.encode()).hexdigest()[:16]
 
 
-@contextlib.contextmanager
-def _locked(key: str) -> Iterator[None]:
-    # Two processes that miss the same key build it once: the second finds the image.
-    # The lock lives with svcenv's other cached things (private to the user), not in /tmp.
-    directory = cache_dir() / "locks"
-    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd = os.open(directory / f"pgcache-{key}.lock", os.O_RDWR | os.O_CREAT, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def _find(client: DockerClient, key: str) -> str | None:
-    images = client.client.images.list(filters={"label": [f"{CACHE_LABEL}=true", f"{KEY_LABEL}={key}"]})
+    images = client.images.list(filters={"label": [f"{CACHE_LABEL}=true", f"{KEY_LABEL}={key}"]})
     return f"{CACHE_REPOSITORY}:{key}" if images else None
 
 
@@ -106,7 +88,7 @@ def _build(client: DockerClient, resolved: Resolved, key: str, labels: Mapping[s
     import psycopg
 
     seed_env = {**resolved.env, "PGDATA": DATA_DIR, "POSTGRES_PASSWORD": secrets.token_urlsafe(24)}
-    seed = client.client.containers.create(
+    seed = client.containers.create(
         resolved.image,
         environment=seed_env,
         labels={**labels, "svcenv.service": f"{resolved.name}-cache-seed"},
@@ -116,29 +98,27 @@ def _build(client: DockerClient, resolved: Resolved, key: str, labels: Mapping[s
     try:
         seed.start()
         user, dbname = resolved.env["POSTGRES_USER"], resolved.env["POSTGRES_DB"]
-        deadline = time.monotonic() + timeout
-        while True:
+
+        def seed_ready() -> None:
             seed.reload()
             if seed.attrs["State"]["Status"] == "exited":
                 raise ServiceExited(f"the cache seed exited: {seed.logs(tail=20).decode(errors='replace')}")
             port = seed.attrs["NetworkSettings"]["Ports"]["5432/tcp"][0]["HostPort"]
-            try:
-                # Ready on TCP means the entrypoint finished initdb and its restart.
-                with psycopg.connect(
-                    host="127.0.0.1",
-                    port=port,
-                    user=user,
-                    dbname=dbname,
-                    password=seed_env["POSTGRES_PASSWORD"],
-                    connect_timeout=2,
-                ):
-                    break
-            except psycopg.OperationalError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
+            # Ready on TCP means the entrypoint finished initdb and its restart.
+            with psycopg.connect(
+                host="127.0.0.1",
+                port=port,
+                user=user,
+                dbname=dbname,
+                password=seed_env["POSTGRES_PASSWORD"],
+                connect_timeout=2,
+            ):
+                pass
+
+        # Until the deadline, a refused connection means "not yet"; then it propagates.
+        poll(seed_ready, timeout, first=0.05, cap=0.05, retry_on=(psycopg.OperationalError,))
         seed.stop(timeout=30)  # SIGINT (the image's STOPSIGNAL): a clean shutdown, no recovery later
-        base_env = client.client.images.get(resolved.image).attrs["Config"].get("Env") or []
+        base_env = client.images.get(resolved.image).attrs["Config"].get("Env") or []
         seed.commit(
             repository=CACHE_REPOSITORY,
             tag=key,
@@ -158,13 +138,15 @@ def prepare(client: DockerClient, resolved: Resolved, labels: Mapping[str, str])
     image = _find(client, key)
     hit = image is not None
     if image is None:
-        with _locked(key):
+        # Two processes that miss the same key build it once: the second finds the image.
+        # The lock lives with svcenv's other cached things (private to the user), not in /tmp.
+        with file_lock(cache_dir() / "locks" / f"pgcache-{key}.lock"):
             image = _find(client, key) or _build(client, resolved, key, labels, resolved.service.effective_timeout)
     env = {k: v for k, v in resolved.env.items() if k != "POSTGRES_PASSWORD"}
     if resolved.tmpfs.get(env.get("PGDATA", "")):
         # Data in RAM: copy the cached directory into the tmpfs, then run the image's own entrypoint.
         # (Served from the image's overlay layer instead, CREATE DATABASE is several times slower.)
-        base = client.client.images.get(resolved.image).attrs["Config"]
+        base = client.images.get(resolved.image).attrs["Config"]
         command = (*(base.get("Entrypoint") or ()), *(resolved.command or base.get("Cmd") or ()))
         cached = replace(
             resolved,
@@ -187,26 +169,26 @@ def set_password(container: Any, resolved: Resolved, timeout: float) -> None:
     role = '"' + user.replace('"', '""') + '"'
     statement = f"ALTER ROLE {role} PASSWORD '{verifier}'"
     argv = ["psql", "-v", "ON_ERROR_STOP=1", "-qAt", "-U", user, "-d", resolved.env["POSTGRES_DB"], "-c", statement]
-    deadline = time.monotonic() + timeout
-    delay = 0.01
-    while True:
+
+    def altered() -> None:
         code, output = container.exec_run(argv, user="postgres")
         if code == 0:
             return
         container.reload()
         if container.attrs["State"]["Status"] == "exited":
             raise ServiceExited(f"exited with status {container.attrs['State']['ExitCode']} before it was ready")
-        if time.monotonic() > deadline:
-            said = bytes(output or b"").decode(errors="replace").strip()
-            raise ServiceExited(f"could not set the instance's password within {timeout:g}s: {said}")
-        time.sleep(delay)
-        delay = min(delay * 2, 0.1)
+        raise NotYet(bytes(output or b"").decode(errors="replace").strip())
+
+    try:
+        poll(altered, timeout, first=0.01, cap=0.1)
+    except NotYet as last:
+        raise ServiceExited(f"could not set the instance's password within {timeout:g}s: {last}") from None
 
 
 def entries(client: DockerClient) -> list[dict[str, str]]:
     """The cached images on the engine: tag, base image, size and age."""
     rows = []
-    for image in client.client.images.list(filters={"label": f"{CACHE_LABEL}=true"}):
+    for image in client.images.list(filters={"label": f"{CACHE_LABEL}=true"}):
         labels = image.labels or {}
         rows.append(
             {
@@ -222,7 +204,7 @@ def entries(client: DockerClient) -> list[dict[str, str]]:
 def clear(client: DockerClient, key: str | None = None) -> int:
     """Remove every cached image (or the one for ``key``); return how many."""
     labels = [f"{CACHE_LABEL}=true"] + ([f"{KEY_LABEL}={key}"] if key else [])
-    images = client.client.images.list(filters={"label": labels})
+    images = client.images.list(filters={"label": labels})
     for image in images:
-        client.client.images.remove(str(image.id), force=True)
+        client.images.remove(str(image.id), force=True)
     return len(images)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import sys
 import threading
@@ -14,9 +13,6 @@ from typing import Any
 from ..config import ProjectConfig, load_config
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
-TRUTHY = ("1", "true", "yes", "on")
-FALSY = ("0", "false", "no", "off")
 
 
 class Terminated(BaseException):

@@ -10,9 +10,10 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
+from .._util import pid_alive
 from ..config import ProjectConfig
 from ..errors import SvcenvError
-from ..state import Record, StateDir, entries_of, pid_alive, project_key
+from ..state import Record, StateDir, entries_of, project_key
 from ._common import EXIT_FAILED, EXIT_OK, Failed, LazyDocker, UsageError, is_docker, print_dotenv, project_config, say
 
 # -- down, status, env, logs, prune -------------------------------------------------------------

@@ -10,6 +10,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..._util import flag
 from ...errors import BackendUnavailable
 from ._common import _run
 
@@ -43,7 +44,7 @@ def _existing_account() -> Account | None:
 
 def _account_problem() -> str | None:
     """Why no account can run Postgres here, or None (no side effects)."""
-    if os.geteuid() != 0 or _existing_account() is not None or os.environ.get("SVCENV_LOCAL_CREATE_USER") == "1":
+    if os.geteuid() != 0 or _existing_account() is not None or flag("SVCENV_LOCAL_CREATE_USER"):
         return None
     return (
         "svcenv runs as root, and Postgres and Elasticsearch refuse to run as root, but there is no 'postgres' "

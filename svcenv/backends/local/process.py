@@ -240,8 +240,3 @@ def _read_pid(proc: subprocess.Popen[bytes], timeout: float = 30.0) -> int | Non
     ready, _, _ = select.select([proc.stdout], [], [], timeout)
     line = proc.stdout.readline() if ready else b""
     return int(line) if line.strip().isdigit() else None
-
-
-def _pause(delay: float, deadline: float) -> float:
-    time.sleep(max(0.0, min(delay, deadline - time.monotonic())))
-    return min(delay * 1.5, 0.02)

@@ -9,16 +9,17 @@ import shutil
 import signal
 import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..._util import NotYet, poll
 from ...descriptors import Postgres, Service
 from ...errors import ServiceExited
 from .accounts import Account, _chown, _server_env
 from .discovery import ElasticsearchInstall, PostgresInstall, RedisInstall
 from .places import release_shared_memory
-from .process import LocalInstance, _pause, free_port
+from .process import LocalInstance, free_port
 from .template import _copy_tree, postgres_template
 
 if TYPE_CHECKING:
@@ -67,17 +68,17 @@ class LocalPostgres(LocalInstance):
         return _server_env()
 
     def await_up(self, port: int, log_offset: int, deadline: float) -> None:
-        delay = 0.002
         pidfile = self.data / "postmaster.pid"
-        while True:
+
+        def ready() -> None:
             self._check_running(log_offset)
             with contextlib.suppress(OSError):
                 lines = pidfile.read_text().splitlines()
                 if len(lines) >= 8 and lines[7].strip() == "ready":  # what pg_ctl waits for
-                    break
-            if time.monotonic() > deadline:
-                raise ServiceExited("did not accept connections on its unix socket in time")
-            delay = _pause(delay, deadline)
+                    return
+            raise NotYet("did not accept connections on its unix socket in time")
+
+        _await(ready, deadline, first=0.002)
         self._set_password(port)
 
     def release(self) -> None:
@@ -132,8 +133,7 @@ class LocalRedis(LocalInstance):
         return [str(self.install.binary), str(self.config), *extra, "--port", str(port)]
 
     def await_up(self, port: int, log_offset: int, deadline: float) -> None:
-        delay = 0.001
-        while True:
+        def ready() -> None:
             logged = self._read_log(log_offset)
             if "Ready to accept connections" in logged:
                 return
@@ -141,9 +141,17 @@ class LocalRedis(LocalInstance):
             # A --loglevel from the descriptor may hide that line; then a PING tells.
             if "Address already in use" not in logged and _redis_answers(port):
                 return
-            if time.monotonic() > deadline:
-                raise ServiceExited("did not accept connections in time")
-            delay = _pause(delay, deadline)
+            raise NotYet("did not accept connections in time")
+
+        _await(ready, deadline, first=0.001)
+
+
+def _await(ready: Callable[[], None], deadline: float, first: float) -> None:
+    """Poll ``ready`` (it raises NotYet until the server is up) until ``deadline``, then raise ServiceExited."""
+    try:
+        poll(ready, deadline - time.monotonic(), first=first, cap=0.02)
+    except NotYet as late:
+        raise ServiceExited(str(late)) from None
 
 
 def _redis_answers(port: int) -> bool:

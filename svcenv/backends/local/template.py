@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import json
 import logging
@@ -11,9 +9,9 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
+from ..._util import file_lock
 from ._common import COMMAND_TIMEOUT_S, INITDB_ARGS, MARKER, TEMPLATE_LAYOUT, TMP_PREFIX, _run
 from .accounts import Account, _chown, _server_env
 from .discovery import PostgresInstall
@@ -22,16 +20,6 @@ from .places import _write_marker, cache_root, tmp_base
 log = logging.getLogger("svcenv")
 
 # -- the Postgres template ----------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    with path.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _copy_tree(source: Path, target: Path, account: Account | None) -> None:
@@ -86,7 +74,7 @@ def postgres_template(install: PostgresInstall, account: Account | None, user: s
     final = root / f"pg-{install.version}-{_template_key(install, account, user, dbname)}"
     if (final / MARKER).is_file():
         return final / "data", False
-    with _file_lock(root / f"{final.name}.lock"):
+    with file_lock(root / f"{final.name}.lock"):
         if (final / MARKER).is_file():
             return final / "data", False
         for leftover in root.glob(f"{final.name}.build-*"):
