@@ -38,14 +38,16 @@ if TYPE_CHECKING:
     import psycopg
     import redis
 
-    from .handles import PostgresHandle
+    from .handles import PostgresHandle, RedisHandle
 
 __all__ = [
     "PostgresTemplate",
     "Setup",
     "claim_redis_db",
     "delete_indices",
+    "escaped",
     "flush_redis",
+    "flush_redis_db",
     "redis_db_for_worker",
     "rollback_connection",
     "rolled_back",
@@ -371,8 +373,34 @@ def rolled_back(conn: psycopg.Connection[Any]) -> Iterator[psycopg.Connection[An
     try:
         yield conn
     finally:
-        if not conn.closed:
+        if not conn.closed and not conn.broken:
+            conn._svcenv_escaped = not _savepoint_intact(conn)  # type: ignore[attr-defined]
             conn._svcenv_rollback_all()  # type: ignore[attr-defined]
+            # Session state outlives a rollback: prepared statements, advisory locks, SET, temp tables.
+            conn.autocommit = True  # DISCARD ALL may not run in a transaction
+            try:
+                conn.execute(b"DISCARD ALL")
+            finally:
+                conn.autocommit = False
+
+
+def _savepoint_intact(conn: psycopg.Connection[Any]) -> bool:
+    """False if the code under test ended the outer transaction itself (a raw ``COMMIT``/``ROLLBACK``):
+    then what it did before may be committed, and the database is no longer the template's."""
+    import psycopg
+
+    if conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
+        return False
+    try:
+        conn.execute(f"ROLLBACK TO SAVEPOINT {_SAVEPOINT}".encode())
+    except psycopg.errors.InvalidSavepointSpecification:
+        return False
+    return True
+
+
+def escaped(conn: psycopg.Connection[Any]) -> bool:
+    """Whether the last :func:`rolled_back` block ended its transaction itself (so its work may persist)."""
+    return bool(getattr(conn, "_svcenv_escaped", False))
 
 
 def savepoint_connection(handle: PostgresHandle, dbname: str | None = None) -> psycopg.Connection[Any]:
@@ -418,6 +446,19 @@ def claim_redis_db(client: redis.Redis, backend: str, url: str) -> None:
 def flush_redis(client: redis.Redis) -> None:
     """``FLUSHDB`` on the client's own logical database (never ``FLUSHALL``)."""
     client.flushdb()
+
+
+def flush_redis_db(handle: RedisHandle, db: int) -> None:
+    """``FLUSHDB`` of logical database ``db``, on a connection of its own that says ``SELECT db`` first.
+
+    Never through a client the code under test used: it may have switched that
+    client's connections to another db (``SELECT 0``), whose data is not ours.
+    """
+    client = handle.client(db=db, single_connection_client=True)
+    try:
+        client.flushdb()
+    finally:
+        client.close()
 
 
 def delete_indices(client: elasticsearch.Elasticsearch, prefix: str) -> list[str]:

@@ -25,6 +25,7 @@ import importlib.util
 import itertools
 import os
 import secrets
+import warnings
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -39,11 +40,15 @@ if TYPE_CHECKING:
     from ..handles import ServiceHandle
     from ..isolation import PostgresTemplate, Setup
 
-__all__ = ["fixtures", "manager"]
+__all__ = ["IsolationWarning", "fixtures", "manager"]
 
 MANAGER = pytest.StashKey[Manager]()
 _F = TypeVar("_F", bound=Callable[..., Any])
 _ASYNC = importlib.util.find_spec("pytest_asyncio") is not None
+
+
+class IsolationWarning(UserWarning):
+    """A test escaped its isolation (e.g. a SQL COMMIT in a rollback fixture); svcenv repaired it for the next."""
 
 
 def manager(request: pytest.FixtureRequest) -> Manager:
@@ -193,7 +198,7 @@ def _postgres_fixtures(service: Service, given: Setup | Sequence[Setup]) -> dict
         One connection per worker serves every such test (a transaction each), so a
         test pays no connect; a test that closes or breaks it gets a new one next time.
         """
-        from ..isolation import rolled_back, savepoint_connection
+        from ..isolation import escaped, rolled_back, savepoint_connection
 
         state = request.getfixturevalue(f"_{n}_rollback")
         conn = state.get("conn")
@@ -202,6 +207,20 @@ def _postgres_fixtures(service: Service, given: Setup | Sequence[Setup]) -> dict
             conn = state["conn"] = savepoint_connection(handle, state["database"])
         with rolled_back(conn):
             yield conn
+        if escaped(conn):
+            # A raw COMMIT/ROLLBACK ended the test's transaction: its work may persist. Later tests get a fresh clone.
+            pool: PostgresTemplate = request.getfixturevalue(f"{n}_template")
+            conn.close()
+            del state["conn"]
+            pool.drop(state["database"])
+            state["database"] = pool.clone()
+            warnings.warn(
+                f"svcenv: {request.node.nodeid} ended {n}_transaction's transaction itself (a SQL COMMIT or "
+                "ROLLBACK), so its work was not rolled back; later tests get a fresh database. "
+                "Use conn.commit() (a savepoint here), or <name>_connection for code that commits for real.",
+                IsolationWarning,
+                stacklevel=1,
+            )
 
     made = {
         f"{n}_template": template,
@@ -235,7 +254,7 @@ def _postgres_fixtures(service: Service, given: Setup | Sequence[Setup]) -> dict
 
 
 def _redis_fixtures(service: Service) -> dict[str, Any]:
-    from ..isolation import claim_redis_db, redis_db_for_worker
+    from ..isolation import claim_redis_db, flush_redis_db, redis_db_for_worker
 
     n = service.name
 
@@ -253,8 +272,9 @@ def _redis_fixtures(service: Service) -> dict[str, Any]:
         try:
             yield redis_client
         finally:
-            redis_client.flushdb()
             redis_client.close()
+            # Not through the test's client: code under test may have run SELECT on its connections.
+            flush_redis_db(handle, db)
 
     made: dict[str, Any] = {f"{n}_client": client}
     if _ASYNC:
@@ -271,8 +291,8 @@ def _redis_fixtures(service: Service) -> dict[str, Any]:
             try:
                 yield redis_client
             finally:
-                await redis_client.flushdb()
                 await redis_client.aclose()
+                flush_redis_db(handle, db)
 
         made[f"{n}_async_client"] = async_client
     return made
