@@ -119,3 +119,16 @@ def test_scram_verifier_is_accepted_by_postgres(leaks: LeakCheck) -> None:
         url = handle.url.replace(f"{handle.user}:{handle.password}", "probe:s3cret")
         with psycopg.connect(url) as conn:
             assert conn.execute("SELECT current_user").fetchone() == ("probe",)
+
+
+@pytest.mark.parametrize(
+    "password",
+    ["no\u00a0break space", "soft\u00adhyphen", "\uff26\uff55\uff4c\uff4c width"],
+    ids=["nbsp", "soft-hyphen", "fullwidth"],
+)
+def test_a_password_that_saslprep_changes_works_on_the_cached_image(password: str, leaks: LeakCheck) -> None:
+    # The server applies SASLprep to what the client sends; the verifier must have been made the same way.
+    with Environment(Postgres(password=password, timeout=20), labels=leaks.labels) as env:
+        handle = env["postgres"]
+        with handle.connect() as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)

@@ -59,10 +59,21 @@ def enabled(resolved: Resolved) -> bool:
     return flag("SVCENV_POSTGRES_CACHE", default=True)
 
 
+def _saslprep(password: str) -> str:
+    """``password`` normalised by SASLprep (RFC 4013), as libpq and the server do; unchanged if it
+    has characters SASLprep prohibits (Postgres then uses the raw bytes too)."""
+    from scramp.utils import saslprep
+
+    try:
+        return str(saslprep(password))
+    except Exception:
+        return password
+
+
 def scram_verifier(password: str, iterations: int = 4096) -> str:
-    """The ``SCRAM-SHA-256$…`` verifier Postgres stores for ``password`` (RFC 5802/7677)."""
+    """The ``SCRAM-SHA-256$…`` verifier Postgres stores for ``password`` (RFC 5802/7677, SASLprep'd)."""
     salt = secrets.token_bytes(16)
-    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations)
+    salted = hashlib.pbkdf2_hmac("sha256", _saslprep(password).encode(), salt, iterations)
     client_key = hmac.new(salted, b"Client Key", "sha256").digest()
     stored_key = hashlib.sha256(client_key).digest()
     server_key = hmac.new(salted, b"Server Key", "sha256").digest()
