@@ -14,6 +14,7 @@ TEST_IMAGES = {
     "SVCENV_POSTGRES_IMAGE": "svcenv-test/postgres:15",
     "SVCENV_REDIS_IMAGE": "svcenv-test/redis:7",
     "SVCENV_ELASTICSEARCH_IMAGE": "svcenv-test/es-standin:8",
+    "SVCENV_MYSQL_IMAGE": "svcenv-test/mariadb:10",
 }
 
 

@@ -30,6 +30,7 @@ from .errors import (
     SvcenvError,
 )
 from .handles import ElasticsearchHandle, PostgresHandle, RedisHandle, ServiceHandle
+from .mysql import MySQL, MySQLHandle
 
 __all__ = [
     "BackendUnavailable",
@@ -39,6 +40,8 @@ __all__ = [
     "ElasticsearchHandle",
     "Environment",
     "ImageUnavailable",
+    "MySQL",
+    "MySQLHandle",
     "Postgres",
     "PostgresHandle",
     "ProbeFailed",

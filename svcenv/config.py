@@ -67,7 +67,13 @@ __all__ = [
 
 
 DEFAULT_SERVICES = ("postgres", "redis", "elasticsearch")
-"""What runs when no configuration declares services."""
+"""What runs when no configuration declares services and none is named (any kind may be named)."""
+
+
+def _kind_specs() -> dict[str, Spec]:
+    """Without declared services, every kind is a service of its own name (``up mysql`` works)."""
+    names = [*DEFAULT_SERVICES, *(k for k in KINDS if k not in DEFAULT_SERVICES and k != "service")]
+    return {n: {"name": n, "kind": n} for n in names}
 BACKENDS = ("auto", "docker", "local", "external")
 
 _COMMON = ("kind", "image", "version", "env", "command", "probe", "depends_on", "timeout", "backend")
@@ -120,7 +126,7 @@ class ProjectConfig:
         return list(self.services)
 
     def select(self, names: Sequence[str] = ()) -> list[Spec]:
-        """Specs for ``names`` (all when empty) plus what they depend on, in declaration order.
+        """Specs for ``names`` (when empty: the declared services, else the default kinds) and their dependencies.
 
         Raises :class:`ConfigurationError` listing the known names for an unknown one.
         """
@@ -129,7 +135,7 @@ class ProjectConfig:
             raise ConfigurationError(
                 f"unknown service {', '.join(map(repr, unknown))}; known services: {', '.join(self.known)}"
             )
-        wanted = set(names or self.services)
+        wanted = set(names or (self.services if self.declared else DEFAULT_SERVICES))
         pending = list(wanted)
         while pending:
             for dep in self.services[pending.pop()].get("depends_on", ()):
@@ -187,7 +193,7 @@ def load_config(path: Path | None = None, start: Path | None = None) -> ProjectC
     path = path or find_config(start)
     if path is None:
         directory = (start or Path.cwd()).resolve()
-        return ProjectConfig(None, directory, {n: {"name": n, "kind": n} for n in DEFAULT_SERVICES})
+        return ProjectConfig(None, directory, _kind_specs())
     path = path.resolve()
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
@@ -245,7 +251,7 @@ class _Checker:
         config = ProjectConfig(
             self.path,
             self.path.parent,
-            services or {n: {"name": n, "kind": n} for n in DEFAULT_SERVICES},
+            services or _kind_specs(),
             declared=bool(services),
             reuse=reuse,
             backend=backend,

@@ -21,6 +21,7 @@ IMAGES = {
     "SVCENV_POSTGRES_IMAGE": "svcenv-test/postgres:15",
     "SVCENV_REDIS_IMAGE": "svcenv-test/redis:7",
     "SVCENV_ELASTICSEARCH_IMAGE": "svcenv-test/es-standin:8",
+    "SVCENV_MYSQL_IMAGE": "svcenv-test/mariadb:10",
 }
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 # The tests never ask a registry for anything: a missing image fails at once (subprocesses inherit this).

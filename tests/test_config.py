@@ -95,7 +95,8 @@ def test_search_stops_at_a_pyproject_without_a_table(tmp_path: Path) -> None:
     assert find_config(inner) is None
     config = load_config(start=inner)
     assert config.path is None
-    assert config.known == ["postgres", "redis", "elasticsearch"]
+    assert config.known == ["postgres", "redis", "elasticsearch", "mysql"]
+    assert [s["name"] for s in config.select()] == ["postgres", "redis", "elasticsearch"]  # what runs by default
     assert not config.declared
 
 

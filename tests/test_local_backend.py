@@ -457,17 +457,18 @@ def test_generic_services_are_unavailable() -> None:
 def test_check_fails_only_when_nothing_is_installed(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("SVCENV_POSTGRES_BIN", str(tmp_path / "nothing"))
     monkeypatch.setenv("SVCENV_REDIS_BIN", str(tmp_path / "nothing"))
+    monkeypatch.setenv("SVCENV_MYSQL_BIN", str(tmp_path / "nothing"))
     monkeypatch.delenv("SVCENV_ELASTICSEARCH_HOME", raising=False)
     monkeypatch.delenv("ES_HOME", raising=False)
     with pytest.raises(BackendUnavailable) as raised:
         LocalBackend().check()
-    for said in ("postgres:", "SVCENV_POSTGRES_BIN", "redis:", "SVCENV_REDIS_BIN", "elasticsearch:"):
+    for said in ("postgres:", "SVCENV_POSTGRES_BIN", "redis:", "SVCENV_REDIS_BIN", "elasticsearch:", "mysql:"):
         assert said in str(raised.value)
 
 
 def test_capabilities_describe_what_runs(installed: None) -> None:
     capabilities = LocalBackend().capabilities()
-    assert set(capabilities) == {"postgres", "redis", "elasticsearch"}
+    assert set(capabilities) == {"postgres", "redis", "elasticsearch", "mysql"}
     assert capabilities["postgres"].startswith("postgres ")
     assert " at " in capabilities["postgres"]
     assert capabilities["redis"].startswith("redis ")

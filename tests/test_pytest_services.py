@@ -206,3 +206,22 @@ def test_svcenv_alone_in_a_suite_uses_the_configured_services(pytester: pytest.P
     )
     result = _run(pytester)
     result.assert_outcomes(passed=1)
+
+
+def test_mysql_fixtures_give_each_test_a_fresh_database(pytester: pytest.Pytester, docker_engine: None) -> None:
+    pytester.makepyfile(
+        test_mysql="""
+        import pytest
+
+        @pytest.mark.parametrize("n", range(4))
+        def test_fresh(mysql_connection, mysql_database, n):
+            with mysql_connection.cursor() as cursor:
+                cursor.execute("CREATE TABLE t (n int)")  # would fail if another test's table were here
+                cursor.execute("INSERT INTO t VALUES (%s)", (n,))
+                mysql_connection.commit()
+                cursor.execute("SELECT DATABASE(), count(*) FROM t")
+                assert cursor.fetchone() == (mysql_database, 1)
+        """
+    )
+    result = _run(pytester, "-n", "2")
+    result.assert_outcomes(passed=4)

@@ -12,6 +12,7 @@ the URL leaves out comes from the descriptor):
 * Postgres: ``postgresql://`` or ``postgres://user:password@host:port/dbname``
   (port 5432 by default). The descriptor's generated password is never used.
 * Redis: ``redis://`` or ``rediss://[user:]password@host:port/db`` (port 6379, db 0).
+* MySQL/MariaDB: ``mysql://user:password@host:port/dbname`` (port 3306), like Postgres.
 * Elasticsearch: ``http://host:port`` or ``https://host[:port]`` (443), no
   credentials and no path prefix: svcenv speaks unauthenticated HTTP to it.
 * A generic :class:`~svcenv.Service`: ``anyscheme://host:port``; the port maps
@@ -33,13 +34,14 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import SplitResult, unquote, urlsplit
 
 from ..descriptors import Elasticsearch, Postgres, Redis, Service
 from ..errors import BackendUnavailable, ConfigurationError
 from ..handles import env_prefix
-from .base import Backend, Instance
+from ..mysql import MySQL
+from .base import AttachedInstance, Backend, Instance
 
 if TYPE_CHECKING:
     from ..descriptors import Resolved
@@ -125,6 +127,7 @@ _SCHEMES: tuple[tuple[type[Service], tuple[str, ...]], ...] = (
     (Postgres, ("postgresql", "postgres")),
     (Redis, ("redis", "rediss")),
     (Elasticsearch, ("http", "https")),
+    (MySQL, ("mysql",)),
 )
 
 
@@ -194,6 +197,8 @@ def _default_port(service: Service, scheme: str) -> int | None:
         return 5432
     if isinstance(service, Redis):
         return 6379
+    if isinstance(service, MySQL):
+        return 3306
     if isinstance(service, Elasticsearch) and scheme == "https":
         return 443  # as Elasticsearch's own client does; plain http needs an explicit port
     return None
@@ -212,7 +217,7 @@ def _credentials(service: Service, parts: SplitResult, invalid: _Invalid) -> dic
     user = unquote(parts.username) if parts.username else None
     password = unquote(parts.password) if parts.password is not None else None
     path = unquote(parts.path.removeprefix("/"))
-    if isinstance(service, Postgres):
+    if isinstance(service, (Postgres, MySQL)):
         if "/" in path:
             raise invalid("has a path with more than a database name")
         return {
@@ -322,6 +327,10 @@ class ExternalBackend(Backend):
     def cleanup(self, labels: Mapping[str, str]) -> int:
         """Nothing to remove: svcenv made nothing. Returns 0."""
         return 0
+
+    def attach(self, snapshot: Mapping[str, Any]) -> Instance:
+        """The running service a snapshot names; nothing to stop or remove."""
+        return AttachedInstance.from_snapshot(snapshot)
 
 
 def _example(service: Service) -> str:

@@ -17,6 +17,8 @@ Fixtures, with nothing to configure::
   above, available when pytest-asyncio is installed.
 * ``elasticsearch_client`` / ``elasticsearch_prefix``: a per-test index prefix;
   the indices under it are deleted after the test.
+* ``mysql_service`` / ``mysql_database`` / ``mysql_connection``: MySQL/MariaDB, a fresh
+  database per test (PyMySQL, ``pip install 'svcenv[mysql]'``).
 * ``svcenv_env_vars``: puts the variables of the services the test uses into
   ``os.environ`` (``DATABASE_URL`` points at the test's fresh database when it has one).
 
@@ -40,6 +42,7 @@ import pytest
 from ..descriptors import Elasticsearch, Postgres, Redis, Service
 from ..environment import Environment
 from ..errors import ConfigurationError
+from ..mysql import MySQL
 from .fixtures import env_vars_for, fixtures, manager
 from .plugin import (
     _svcenv_marker,
@@ -106,4 +109,4 @@ def environment_fixture(*services: Service) -> Any:
 
 
 # The built-in fixtures: the factory's, for the default descriptors.
-globals().update(fixtures(Postgres(), Redis(), Elasticsearch()))
+globals().update(fixtures(Postgres(), Redis(), Elasticsearch(), MySQL()))

@@ -13,8 +13,9 @@ factory makes. Put them where pytest finds fixtures, e.g. in a ``conftest.py``::
 
 Per kind: Redis gives ``<name>_service``, ``<name>_client`` (own logical db per
 xdist worker, flushed before and after) and ``<name>_async_client``;
-Elasticsearch ``<name>_service``, ``<name>_client`` and ``<name>_prefix``; any
-other service ``<name>_service``. Each fixture knows its service, so a run starts
+Elasticsearch ``<name>_service``, ``<name>_client`` and ``<name>_prefix``;
+MySQL/MariaDB ``<name>_service``, ``<name>_database`` and ``<name>_connection``
+(a fresh database per test); any other service ``<name>_service``. Each fixture knows its service, so a run starts
 exactly the services its selected tests use. Client libraries are imported only
 when a fixture runs.
 """
@@ -33,6 +34,7 @@ import pytest
 
 from ..descriptors import Elasticsearch, Postgres, Redis, Service
 from ..errors import ConfigurationError
+from ..mysql import MySQL
 from ._session import SERVICE_ATTR, Manager, worker
 
 if TYPE_CHECKING:
@@ -101,6 +103,8 @@ def fixtures(*services: Service, setup: Setup | Sequence[Setup] = ()) -> dict[st
             made.update(_redis_fixtures(service))
         elif isinstance(service, Elasticsearch):
             made.update(_elasticsearch_fixtures(service))
+        elif isinstance(service, MySQL):
+            made.update(_mysql_fixtures(service, setup))
     return made
 
 
@@ -327,6 +331,41 @@ def _elasticsearch_fixtures(service: Service) -> dict[str, Any]:
             es.close()
 
     return {f"{n}_prefix": prefix, f"{n}_client": client}
+
+
+# -- MySQL / MariaDB ------------------------------------------------------------------------------------
+
+
+def _mysql_fixtures(service: Service, given: Setup | Sequence[Setup]) -> dict[str, Any]:
+    n = service.name
+
+    @_fixture(service, f"{n}_databases", scope="session")
+    def databases(request: pytest.FixtureRequest) -> Iterator[Any]:
+        """Makes the fresh databases of ``<name>_database`` (runs ``setup`` in each)."""
+        from ..isolation.mysql import MySQLDatabases
+
+        items = list(given) if isinstance(given, (list, tuple)) else [given] if given else []
+        made = MySQLDatabases(request.getfixturevalue(f"{n}_service"), setup=items)  # type: ignore[arg-type]
+        yield made
+        made.close()
+
+    @_fixture(service, f"{n}_database")
+    def database(request: pytest.FixtureRequest) -> Iterator[str]:
+        """The name of the test's own fresh database (the user has all rights on it); dropped after the test."""
+        with request.getfixturevalue(f"{n}_databases").fresh() as name:
+            yield name
+
+    @_fixture(service, f"{n}_connection")
+    def connection(request: pytest.FixtureRequest) -> Iterator[Any]:
+        """A PyMySQL connection to the test's own fresh database (closed and the database dropped after)."""
+        handle = request.getfixturevalue(f"{n}_service")
+        conn = handle.connect(request.getfixturevalue(f"{n}_database"))
+        try:
+            yield conn
+        finally:
+            conn.close()
+
+    return {f"{n}_databases": databases, f"{n}_database": database, f"{n}_connection": connection}
 
 
 # -- the environment's variables --------------------------------------------------------------------

@@ -3,13 +3,14 @@
 #   svcenv-test/postgres:15  - the official postgres image's env/port contract
 #   svcenv-test/redis:7      - the official redis image's contract
 #   svcenv-test/es-standin:8 - NOT Elasticsearch: an HTTP stand-in (see es-standin/)
+#   svcenv-test/mariadb:10   - the official mariadb/mysql images' contract
 # A debootstrap'd rootfs is cached in $SVCENV_CI_CACHE; an image is rebuilt only
 # when its recipe (this folder) changes. Prints the image names as env lines.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 cache="${SVCENV_CI_CACHE:-/var/cache/svcenv-ci}"
 suite=bookworm
-packages="postgresql-15,postgresql-client-15,redis-server,python3,util-linux,procps"
+packages="postgresql-15,postgresql-client-15,redis-server,mariadb-server,mariadb-client,python3,util-linux,procps"
 mkdir -p "$cache"
 
 mirror() {
@@ -52,8 +53,10 @@ build() {
 build postgres svcenv-test/postgres:15
 build redis svcenv-test/redis:7
 build es-standin svcenv-test/es-standin:8
+build mariadb svcenv-test/mariadb:10
 docker image prune -f --filter label=svcenv.recipe >/dev/null 2>&1 || true
 
 echo "SVCENV_POSTGRES_IMAGE=svcenv-test/postgres:15"
 echo "SVCENV_REDIS_IMAGE=svcenv-test/redis:7"
 echo "SVCENV_ELASTICSEARCH_IMAGE=svcenv-test/es-standin:8"
+echo "SVCENV_MYSQL_IMAGE=svcenv-test/mariadb:10"
