@@ -30,9 +30,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from ._util import FALSY, TRUTHY, in_ci, pid_alive
+from ._util import FALSY, TRUTHY, in_ci
 from ._version import __version__
-from .backends import requested_backend
+from .backends import Backend, get_backend, requested_backend
 from .backends.base import LABEL_ENVIRONMENT, LABEL_OWNER_PID, LABEL_VERSION
 from .config import build_service, spec_of
 from .descriptors import Postgres, Service
@@ -146,32 +146,25 @@ def attached_probe(service: Service) -> Probe | None:
     return parts[0] if len(parts) == 1 else AllOf(tuple(parts))
 
 
-def docker_client() -> Any:
-    """A Docker SDK client for the engine ``DOCKER_HOST`` names."""
-    import docker
-
-    return docker.from_env(timeout=30)
+def container_state(backend: Backend, container_id: str) -> tuple[str, dict[str, str]]:
+    """(status, labels) of a container, asked through the docker ``backend``; status ``missing`` if there is none."""
+    return backend.attach({"backend": "docker", "id": container_id}).state()
 
 
-def container_state(client: Any, container_id: str) -> tuple[str, dict[str, str]]:
-    """(status, labels) of a container; status ``missing`` if there is none."""
-    import docker.errors
+def health(handle: ServiceHandle, backend: Backend | None) -> str:
+    """``healthy``, ``unhealthy: why`` or ``gone: why``, checked now (one probe attempt).
 
-    try:
-        container = client.containers.get(container_id)
-    except docker.errors.NotFound:
-        return "missing", {}
-    return str(container.status), dict(container.labels or {})
-
-
-def health(handle: ServiceHandle, client: Any | None) -> str:
-    """``healthy``, ``unhealthy: why`` or ``gone: why``, checked now (one probe attempt)."""
-    if handle.backend == "docker" and client is not None:
-        status, _ = container_state(client, handle.id)
-        if status != "running":
-            return f"gone: container {handle.id[:12]} is {status}"
-    elif handle.backend == "local" and (not handle.id.isdigit() or not pid_alive(int(handle.id))):
-        return f"gone: process {handle.id} is not running"
+    ``backend``: the backend object for ``handle.backend`` (``None``: do not ask it whether the service runs).
+    """
+    if backend is not None and handle.backend in ("docker", "local"):
+        snapshot = {"backend": handle.backend, "id": handle.id, "host": handle.host, "ports": dict(handle.ports)}
+        instance = backend.attach(snapshot)
+        if handle.backend == "docker":
+            status, _ = instance.state()
+            if status != "running":
+                return f"gone: container {handle.id[:12]} is {status}"
+        elif instance.exit_status() is not None:
+            return f"gone: process {handle.id} is not running"
     probe = attached_probe(handle.descriptor)
     if probe is None:
         return "healthy"
@@ -184,16 +177,14 @@ def health(handle: ServiceHandle, client: Any | None) -> str:
     return "healthy"
 
 
-def remove_entry(client: Any, entry: Mapping[str, Any]) -> int:
-    """Remove a recorded docker service's container(s) with their volumes; return how many."""
-    from .backends._docker_reaper import remove_labelled
-
+def remove_entry(backend: Backend, entry: Mapping[str, Any]) -> int:
+    """Remove a recorded docker service's container(s) with their volumes, through the docker ``backend``."""
     if entry["snapshot"].get("backend") != "docker":
         return 0
     labels = {LABEL_ENVIRONMENT: str(entry["env_id"])}
     if entry.get("reuse_hash"):
         labels[LABEL_REUSE_HASH] = str(entry["reuse_hash"])
-    return int(remove_labelled(client, labels))
+    return backend.remove_labelled(labels)
 
 
 def prewarm(services: Sequence[Service], backend: str | None) -> None:
@@ -205,11 +196,9 @@ def prewarm(services: Sequence[Service], backend: str | None) -> None:
     wanted = [s for s in services if isinstance(s, Postgres) and requested_backend(s, backend) in ("auto", "docker")]
     if not wanted:
         return
-    from .backends import pgcache
-    from .backends.docker import DockerBackend
     from .backends.external import configured_url
 
-    docker_backend = DockerBackend()
+    docker_backend = get_backend("docker")
     try:
         if docker_backend.supports(wanted[0]) is not None:
             return  # auto will not pick docker
@@ -221,9 +210,7 @@ def prewarm(services: Sequence[Service], backend: str | None) -> None:
         for service in wanted:
             if requested_backend(service, backend) == "auto" and configured_url(service.name):
                 continue
-            resolved = service.resolve()
-            if pgcache.enabled(resolved):
-                pgcache.prepare(docker_backend.client, resolved, labels)
+            docker_backend.prewarm(service.resolve(), labels)
     finally:
         docker_backend.close()
 
@@ -277,13 +264,13 @@ class Reuser:
         self._lock = threading.Lock()
         self._inflight: list[Environment] = []
         self._owned: list[Environment] = []
-        self._client: Any = None
+        self._docker_backend: Backend | None = None
 
-    def _docker(self) -> Any:
+    def _docker(self) -> Backend:
         with self._lock:
-            if self._client is None:
-                self._client = docker_client()
-            return self._client
+            if self._docker_backend is None:
+                self._docker_backend = get_backend("docker")
+            return self._docker_backend
 
     def acquire(self, services: Sequence[Service]) -> Acquired:
         """Every service, running: attached if recorded and healthy, else started and recorded.
@@ -414,9 +401,7 @@ class Reuser:
             self._discard(record)
         self.on_state(name, "starting", "")
         if requested == "auto":
-            from .backends.docker import DockerBackend
-
-            probe_backend = DockerBackend()
+            probe_backend = get_backend("docker")
             try:
                 reason = probe_backend.supports(service)
             finally:
@@ -474,8 +459,8 @@ class Reuser:
         self.store.delete(self.store.reuse_file(str(record.get("hash"))))
 
     def close(self) -> None:
-        """Release the Docker client."""
-        if self._client is not None:
+        """Release the docker backend (and its client)."""
+        if self._docker_backend is not None:
             with contextlib.suppress(Exception):
-                self._client.close()
-            self._client = None
+                self._docker_backend.close()
+            self._docker_backend = None

@@ -58,7 +58,9 @@ def test_up_prints_reachable_services_and_removes_them_on_signal(
 
 
 def test_unknown_service_exits_2_listing_the_known_ones() -> None:
-    result = subprocess.run([sys.executable, "-m", "svcenv", "up", "oracle"], capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "svcenv", "up", "oracle"], capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 2
     assert "unknown service 'oracle'" in result.stderr
     assert "postgres, redis, elasticsearch" in result.stderr

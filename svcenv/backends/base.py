@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, ClassVar
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
     from ..descriptors import Resolved, Service
@@ -46,6 +46,14 @@ class Instance(ABC):
         """Run a command inside the service (not every backend can)."""
         raise NotImplementedError(f"the {self.backend} backend cannot run commands inside a service")
 
+    def remove(self) -> None:
+        """Remove the service for good: what ``stop()`` does, and also for an attached instance."""
+        self.stop()
+
+    def state(self) -> tuple[str, dict[str, str]]:
+        """``(status, labels)`` now: status ``running`` while it runs, else e.g. ``exited`` or ``missing``."""
+        return ("running" if self.exit_status() is None else "exited"), {}
+
 
 class AttachedInstance(Instance):
     """A service another process owns, known from an environment snapshot. Never stopped from here."""
@@ -70,11 +78,22 @@ class AttachedInstance(Instance):
     def stop(self) -> None:
         """Nothing to stop: the owner removes it."""
 
+    def remove(self) -> None:
+        """Nothing to remove: the owner does."""
+
     def exit_status(self) -> int | None:
         return None
 
     def logs(self, tail: int | None = None) -> str:
         return f"(the log of {self.backend} service {self.id} is kept by the process that owns it)"
+
+    @classmethod
+    def from_snapshot(cls, snapshot: Mapping[str, Any]) -> AttachedInstance:
+        """From one service entry of an environment snapshot."""
+        ports = {int(k): int(v) for k, v in (snapshot.get("ports") or {}).items()}
+        return cls(
+            str(snapshot["backend"]), str(snapshot["id"]), str(snapshot["host"]), ports, snapshot.get("credentials")
+        )
 
 
 class Backend(ABC):
@@ -105,6 +124,27 @@ class Backend(ABC):
     @abstractmethod
     def cleanup(self, labels: Mapping[str, str]) -> int:
         """Remove anything this backend made that carries ``labels``; return how many."""
+
+    def prewarm(self, resolved: Resolved, labels: Mapping[str, str]) -> None:
+        """Prepare now what creating ``resolved`` will need (docker: a pre-initialised Postgres image)."""
+
+    def attach(self, snapshot: Mapping[str, Any]) -> Instance:
+        """An instance for a service another process started, from one service entry of a snapshot.
+
+        ``snapshot`` is ``Environment.snapshot()["services"][name]`` (backend, id,
+        host, ports, secrets, credentials). Its ``stop()`` leaves the service
+        running; ``remove()`` removes it. ``exit_status()`` and ``logs()`` ask
+        the engine (or the process) now.
+        """
+        raise NotImplementedError(f"the {self.name} backend cannot attach to services another process started")
+
+    def remove_labelled(self, labels: Mapping[str, str]) -> int:
+        """Remove every service (of any owner) that carries ``labels``; return how many."""
+        return 0
+
+    def prune(self, *, only: Mapping[str, str], keep_alive: Callable[[Mapping[str, str]], bool]) -> int:
+        """Remove svcenv's services that carry ``only`` unless ``keep_alive(labels)``; return how many."""
+        return 0
 
     def disown(self) -> None:
         """Let the services outlive this process (disarm crash cleanup); ``stop()`` still removes them."""

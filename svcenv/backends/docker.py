@@ -319,6 +319,48 @@ class DockerBackend(Backend):
 
         return remove_labelled(self._client, labels)
 
+    # -- containers another process started (see docker_records) ----------------------------
+
+    def attach(self, snapshot: Mapping[str, Any]) -> Instance:
+        from .docker_records import AttachedContainer
+
+        return AttachedContainer(lambda: self.client, snapshot)
+
+    def remove_labelled(self, labels: Mapping[str, str]) -> int:
+        from .docker_records import remove_labelled
+
+        return remove_labelled(self.client, labels)
+
+    def prune(self, *, only: Mapping[str, str], keep_alive: Callable[[Mapping[str, str]], bool]) -> int:
+        from .docker_records import prune
+
+        try:
+            self.check()
+        except BackendUnavailable:
+            return 0  # no engine answers: no containers to prune
+        return prune(self.client, only, keep_alive)
+
+    # -- the pre-initialised Postgres images (see pgcache) --------------------------------
+
+    def prewarm(self, resolved: Resolved, labels: Mapping[str, str]) -> None:
+        """Build the pre-initialised image for ``resolved`` now if it is cached and missing."""
+        from . import pgcache
+
+        if pgcache.enabled(resolved):
+            pgcache.prepare(self.client, resolved, labels)
+
+    def cached_images(self) -> list[dict[str, str]]:
+        """The pre-initialised Postgres images on the engine."""
+        from . import pgcache
+
+        return pgcache.entries(self.client)
+
+    def clear_cache(self) -> int:
+        """Remove the pre-initialised Postgres images; return how many."""
+        from . import pgcache
+
+        return pgcache.clear(self.client)
+
     def close(self) -> None:
         self.disown()  # everything is removed by now: the reaper has nothing left to do
         if self._client is not None:

@@ -1,4 +1,4 @@
-"""What every command shares: exit codes, errors, messages on stderr, signals, a lazy Docker client."""
+"""What every command shares: exit codes, errors, messages on stderr, signals, backends made lazily."""
 
 from __future__ import annotations
 
@@ -8,9 +8,12 @@ import sys
 import threading
 from collections.abc import Mapping
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..config import ProjectConfig, load_config
+
+if TYPE_CHECKING:
+    from ..backends import Backend
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -52,22 +55,26 @@ def print_dotenv(variables: Mapping[str, str]) -> None:
     sys.stdout.flush()
 
 
-class LazyDocker:
-    """A Docker client made on first use (commands that find no docker service need no engine)."""
+class LazyBackends:
+    """Backend objects made on first use (commands that find no docker service need no engine).
+
+    ``backends("docker")`` is the docker backend; :meth:`close` closes every one made.
+    """
 
     def __init__(self) -> None:
-        self._client: Any = None
+        self._made: dict[str, Backend] = {}
 
-    def __call__(self) -> Any:
-        if self._client is None:
-            from ..reuse import docker_client
+    def __call__(self, name: str = "docker") -> Backend:
+        if name not in self._made:
+            from ..backends import get_backend
 
-            self._client = docker_client()
-        return self._client
+            self._made[name] = get_backend(name)
+        return self._made[name]
 
     def close(self) -> None:
-        if self._client is not None:
-            self._client.close()
+        made, self._made = self._made, {}
+        for backend in made.values():
+            backend.close()
 
 
 def is_docker(entry: Mapping[str, Any]) -> bool:

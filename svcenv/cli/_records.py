@@ -7,14 +7,24 @@ import contextlib
 import json
 import shlex
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from .._util import pid_alive
 from ..config import ProjectConfig
 from ..errors import SvcenvError
 from ..state import Record, StateDir, entries_of, project_key
-from ._common import EXIT_FAILED, EXIT_OK, Failed, LazyDocker, UsageError, is_docker, print_dotenv, project_config, say
+from ._common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    Failed,
+    LazyBackends,
+    UsageError,
+    is_docker,
+    print_dotenv,
+    project_config,
+    say,
+)
 
 # -- down, status, env, logs, prune -------------------------------------------------------------
 
@@ -26,7 +36,7 @@ def cmd_down(args: argparse.Namespace) -> int:
     config = None if args.all else project_config(args)
     store = StateDir()
     key = None if config is None else project_key(config.project_dir)
-    client = LazyDocker()
+    backends = LazyBackends()
     removed = 0
     services: list[str] = []
     try:
@@ -36,17 +46,17 @@ def cmd_down(args: argparse.Namespace) -> int:
                 continue
             for entry in entries_of(record).values():
                 if not entry.get("reuse_hash"):
-                    removed += remove_entry(client(), entry) if is_docker(entry) else 0
+                    removed += remove_entry(backends("docker"), entry) if is_docker(entry) else 0
                     services.append(str(entry["name"]))
             store.delete(store.env_file(str(record["id"])))
         for record in store.reused(key):
             with store.lock(f"reuse-{record['hash']}"):
                 entry = record["service"]
-                removed += remove_entry(client(), entry) if is_docker(entry) else 0
+                removed += remove_entry(backends("docker"), entry) if is_docker(entry) else 0
                 services.append(f"{entry['name']} (reused)")
                 store.delete(store.reuse_file(str(record["hash"])))
     finally:
-        client.close()
+        backends.close()
     where = "all projects" if key is None else str(config.project_dir if config else "")
     if not services:
         print(f"nothing recorded for {where}")
@@ -104,21 +114,16 @@ def cmd_logs(args: argparse.Namespace) -> int:
     if entry is None:
         raise UsageError(f"no running service {args.service!r}; running: {', '.join(entries)}")
     backend = entry["snapshot"]["backend"]
-    if backend == "docker":
-        from ..reuse import docker_client
-
-        client = docker_client()
-        try:
-            raw = client.containers.get(entry["snapshot"]["id"]).logs(tail=args.tail if args.tail else "all")
-        finally:
-            client.close()
-        sys.stdout.write(bytes(raw).decode("utf-8", errors="replace"))
-    elif backend == "local" and entry.get("log_path"):
-        text = Path(entry["log_path"]).read_text(errors="replace")
-        lines = text.splitlines(keepends=True)
-        sys.stdout.write("".join(lines[-args.tail :] if args.tail else lines))
-    else:
+    if backend != "docker" and not (backend == "local" and entry.get("log_path")):
         raise Failed(f"service {args.service!r} runs on the {backend} backend; svcenv keeps no log of it")
+    from ..backends import get_backend
+
+    made = get_backend(backend)
+    try:
+        instance = made.attach({**entry["snapshot"], "log_path": entry.get("log_path")})
+        sys.stdout.write(instance.logs(args.tail or None))
+    finally:
+        made.close()
     sys.stdout.flush()
     return EXIT_OK
 
@@ -134,7 +139,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     if not records and not reused:
         print(f"no running environments ({store.root})")
         return EXIT_OK
-    client = LazyDocker()
+    backends = LazyBackends()
     bad = 0
     try:
         for record in [*records, *reused]:
@@ -148,23 +153,23 @@ def cmd_status(args: argparse.Namespace) -> int:
             print(title)
             for name, entry in entries_of(record).items():
                 handle = attach_entries({name: entry})[name]
-                docker = client() if handle.backend == "docker" else None
-                verdict = health(handle, docker)
+                backend = backends(handle.backend) if handle.backend in ("docker", "local") else None
+                verdict = health(handle, backend)
                 bad += verdict != "healthy"
                 address = f"{handle.host}:{handle.port}" if handle.ports else handle.host
                 mark = "  reused" if entry.get("reuse_hash") else ""
                 print(f"  {name:<14} {handle.backend:<8} {address:<21} {verdict}{mark}")
     finally:
-        client.close()
+        backends.close()
     return EXIT_FAILED if bad else EXIT_OK
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
     """Remove containers, records and local dirs whose owner is gone (sparing recorded kept ones)."""
-    from ..reuse import LABEL_KEEP, LABEL_STATE_DIR, container_state, remove_entry
+    from ..reuse import container_state, remove_entry
 
     store = StateDir()
-    client = LazyDocker()
+    backends = LazyBackends()
     records = containers = 0
     try:
         for record in store.environments():
@@ -173,24 +178,25 @@ def cmd_prune(args: argparse.Namespace) -> int:
                 gone = not pid_alive(int(record.get("pid", 0)))
             else:
                 ids = [e["snapshot"]["id"] for e in entries if is_docker(e)]
-                gone = bool(ids) and all(container_state(client(), str(i))[0] != "running" for i in ids)
+                gone = bool(ids) and all(container_state(backends("docker"), str(i))[0] != "running" for i in ids)
             if gone:
                 for entry in entries:
                     if is_docker(entry) and not entry.get("reuse_hash"):
-                        containers += remove_entry(client(), entry)
+                        containers += remove_entry(backends("docker"), entry)
                 store.delete(store.env_file(str(record["id"])))
                 records += 1
         for record in store.reused():
             with store.lock(f"reuse-{record['hash']}"):
                 entry = record["service"]
-                if is_docker(entry) and container_state(client(), str(entry["snapshot"]["id"]))[0] != "running":
-                    containers += remove_entry(client(), entry)
+                docker_id = str(entry["snapshot"]["id"])
+                if is_docker(entry) and container_state(backends("docker"), docker_id)[0] != "running":
+                    containers += remove_entry(backends("docker"), entry)
                     store.delete(store.reuse_file(str(record["hash"])))
                     records += 1
         only = dict(label.partition("=")[::2] for label in args.label)
-        containers += _prune_containers(client, only, LABEL_KEEP, LABEL_STATE_DIR)
+        containers += backends("docker").prune(only=only, keep_alive=_still_wanted())
     finally:
-        client.close()
+        backends.close()
     from ..backends.local import sweep_stale
 
     directories = sweep_stale()
@@ -198,13 +204,11 @@ def cmd_prune(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _prune_containers(client: LazyDocker, only: Mapping[str, str], keep_label: str, dir_label: str) -> int:
+def _still_wanted() -> Callable[[Mapping[str, str]], bool]:
+    """Whether a container must survive ``prune``: its owner lives, or it is kept and still recorded."""
     from ..backends.base import LABEL_ENVIRONMENT, LABEL_OWNER_PID
+    from ..reuse import LABEL_KEEP, LABEL_STATE_DIR
 
-    try:
-        client().ping()
-    except Exception:
-        return 0  # no engine answers: no containers to prune
     references: dict[str, set[str] | None] = {}
 
     def recorded(directory: str, env_id: str) -> bool:
@@ -217,16 +221,11 @@ def _prune_containers(client: LazyDocker, only: Mapping[str, str], keep_label: s
         refs = references[directory]
         return refs is None or env_id in refs
 
-    removed = 0
-    filters = {"label": [LABEL_ENVIRONMENT, *(f"{k}={v}" for k, v in only.items())]}
-    for container in client().containers.list(all=True, filters=filters, ignore_removed=True):
-        labels = container.labels or {}
+    def keep_alive(labels: Mapping[str, str]) -> bool:
         owner = labels.get(LABEL_OWNER_PID, "")
         if owner.isdigit() and pid_alive(int(owner)):
-            continue
-        if labels.get(keep_label) == "true" and recorded(labels.get(dir_label, ""), labels.get(LABEL_ENVIRONMENT, "")):
-            continue
-        with contextlib.suppress(Exception):
-            container.remove(force=True, v=True)
-            removed += 1
-    return removed
+            return True
+        kept = labels.get(LABEL_KEEP) == "true"
+        return kept and recorded(labels.get(LABEL_STATE_DIR, ""), labels.get(LABEL_ENVIRONMENT, ""))
+
+    return keep_alive

@@ -164,7 +164,8 @@ def _report(running: Running, started: float) -> None:
 
 def _live_detached(store: StateDir, key: str) -> Record | None:
     """This project's detached record, if its services still run (a stale one is deleted)."""
-    from ..reuse import container_state, docker_client
+    from ..backends import get_backend
+    from ..reuse import container_state
 
     for record in store.environments(key):
         if record.get("mode") != "detached":
@@ -173,11 +174,11 @@ def _live_detached(store: StateDir, key: str) -> Record | None:
         docker_ids = [e["snapshot"]["id"] for e in entries if e["snapshot"].get("backend") == "docker"]
         alive = not docker_ids
         if docker_ids:
-            client = docker_client()
+            docker = get_backend("docker")
             try:
-                alive = any(container_state(client, str(cid))[0] == "running" for cid in docker_ids)
+                alive = any(container_state(docker, str(cid))[0] == "running" for cid in docker_ids)
             finally:
-                client.close()
+                docker.close()
         if alive:
             return record
         store.delete(store.env_file(str(record["id"])))

@@ -14,16 +14,17 @@ from ._start import select_services
 
 def cmd_cache(args: argparse.Namespace) -> int:
     """List or remove the pre-initialised Postgres images."""
-    from ..backends import pgcache
+    from ..backends import get_backend
     from ..backends.docker import DockerBackend
 
-    backend = DockerBackend()
-    backend.check()
+    backend = get_backend("docker")
     try:
+        assert isinstance(backend, DockerBackend)
+        backend.check()
         if args.action == "clear":
-            print(f"removed {pgcache.clear(backend.client)} cached image(s)")
+            print(f"removed {backend.clear_cache()} cached image(s)")
             return EXIT_OK
-        rows = pgcache.entries(backend.client)
+        rows = backend.cached_images()
         if not rows:
             print("no cached Postgres images")
         for row in rows:

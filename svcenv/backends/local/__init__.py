@@ -7,6 +7,8 @@ Where the servers come from:
   version under ``/usr/lib/postgresql/*/bin``; it needs ``postgres`` and ``initdb``.
 * Redis: ``SVCENV_REDIS_BIN`` (the binary or its directory), else ``redis-server``
   on ``PATH``.
+* MySQL (MariaDB): ``SVCENV_MYSQL_BIN`` (the binary or its directory), else
+  ``mariadbd``/``mysqld`` on ``PATH`` or in ``/usr/sbin``; see :mod:`.mariadb`.
 * Elasticsearch: only a distribution that ``SVCENV_ELASTICSEARCH_HOME`` (or
   ``ES_HOME``) points at; there is no other way to get one locally.
 * Generic :class:`~svcenv.Service` descriptors name images, which this backend
@@ -59,11 +61,12 @@ import sys
 import threading
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ...descriptors import Elasticsearch, Postgres, Redis, Service
 from ...errors import BackendUnavailable
-from ..base import Backend
+from ...mysql import MySQL
+from ..base import Backend, Instance
 from ._common import INITDB_ARGS, MARKER, TMP_PREFIX, _Missing
 from .accounts import Account, _account_problem, _existing_account, server_account
 from .discovery import (
@@ -74,6 +77,7 @@ from .discovery import (
     find_postgres,
     find_redis,
 )
+from .mariadb import LocalMySQL, MySQLInstall, find_mysql, mysql_account, mysql_account_name, mysql_account_problem
 from .places import _make_workdir, cache_root, sweep_stale, tmp_base
 from .process import LocalInstance, free_port
 from .servers import LocalElasticsearch, LocalPostgres, LocalRedis
@@ -91,11 +95,14 @@ __all__ = [
     "LocalBackend",
     "LocalElasticsearch",
     "LocalInstance",
+    "LocalMySQL",
     "LocalPostgres",
     "LocalRedis",
+    "MySQLInstall",
     "PostgresInstall",
     "RedisInstall",
     "cache_root",
+    "find_mysql",
     "find_postgres",
     "find_redis",
     "free_port",
@@ -107,13 +114,13 @@ __all__ = [
 
 # -- the backend ----------------------------------------------------------------------------
 
-KINDS = ("postgres", "redis", "elasticsearch")
-_PROGRAMS = {"postgres": "postgres", "redis": "redis-server"}
+KINDS = ("postgres", "redis", "elasticsearch", "mysql")
+_PROGRAMS = {"postgres": "postgres", "redis": "redis-server", "mysql": "mariadbd"}
 _swept: set[Path] = set()
 
 
 class LocalBackend(Backend):
-    """Runs Postgres, Redis and Elasticsearch from local installations, as child processes."""
+    """Runs Postgres, Redis, Elasticsearch and MariaDB from local installations, as child processes."""
 
     name = "local"
 
@@ -135,13 +142,15 @@ class LocalBackend(Backend):
             sweep_stale(base)
 
     @staticmethod
-    def _locate(kind: str) -> PostgresInstall | RedisInstall | ElasticsearchInstall | str:
+    def _locate(kind: str) -> PostgresInstall | RedisInstall | ElasticsearchInstall | MySQLInstall | str:
         """The installation of ``kind``, or why there is none."""
         try:
             if kind == "postgres":
                 return find_postgres()
             if kind == "redis":
                 return find_redis()
+            if kind == "mysql":
+                return find_mysql()
             return find_elasticsearch()
         except (_Missing, OSError, RuntimeError, subprocess.TimeoutExpired) as exc:
             return str(exc)
@@ -158,6 +167,13 @@ class LocalBackend(Backend):
                 text = f"postgres {found.version} at {found.bindir}"
             elif isinstance(found, RedisInstall):
                 text = f"redis {found.version} at {found.binary}"
+            elif isinstance(found, MySQLInstall):
+                text = f"mariadb {found.version} at {found.server}"
+                if os.geteuid() == 0:
+                    problem = mysql_account_problem()
+                    text = f"unavailable: {problem}" if problem else f"{text}, runs as user {mysql_account_name()!r}"
+                described[kind] = text
+                continue
             else:
                 text = f"elasticsearch at {found.home}"
             if kind != "redis" and os.geteuid() == 0:
@@ -172,16 +188,16 @@ class LocalBackend(Backend):
         """None if this backend can run ``service`` (a descriptor or a resolved one); else the reason it cannot."""
         service = service if isinstance(service, Service) else service.service
         kind = service.kind
-        if not isinstance(service, (Postgres, Redis, Elasticsearch)):
+        if not isinstance(service, (Postgres, Redis, Elasticsearch, MySQL)):
             return (
-                f"local: cannot run service {service.name!r}: the local backend runs only postgres, redis and "
-                "elasticsearch from local installations, not images"
+                f"local: cannot run service {service.name!r}: the local backend runs only postgres, redis, "
+                "elasticsearch and mysql from local installations, not images"
             )
         found = self._locate(kind)
         if isinstance(found, str):
             return f"local: cannot serve {kind}: {found}"
         if kind != "redis":
-            problem = _account_problem()
+            problem = mysql_account_problem() if kind == "mysql" else _account_problem()
             if problem:
                 return f"local: cannot serve {kind}: {problem}"
         program = _PROGRAMS.get(kind)
@@ -196,7 +212,10 @@ class LocalBackend(Backend):
             raise BackendUnavailable(reason)
         service = resolved.service
         install = self._locate(service.kind)
-        account = None if isinstance(service, Redis) else server_account()
+        if isinstance(service, MySQL):
+            account = mysql_account()
+        else:
+            account = None if isinstance(service, Redis) else server_account()
         workdir = _make_workdir(labels, resolved.name)
         instance: LocalInstance
         try:
@@ -204,6 +223,8 @@ class LocalBackend(Backend):
                 instance = LocalPostgres(resolved, labels, workdir, account, install)
             elif isinstance(install, RedisInstall):
                 instance = LocalRedis(resolved, labels, workdir, account, install)
+            elif isinstance(install, MySQLInstall):
+                instance = LocalMySQL(resolved, labels, workdir, account, install)
             else:
                 assert isinstance(install, ElasticsearchInstall)
                 instance = LocalElasticsearch(resolved, labels, workdir, account, install)
@@ -214,6 +235,12 @@ class LocalBackend(Backend):
         with self._lock:
             self._instances.append(instance)
         return instance
+
+    def attach(self, snapshot: Mapping[str, Any]) -> Instance:
+        """The server of another process (its pid and log; a ``log_path`` key in ``snapshot`` wins)."""
+        from .attached import AttachedProcess
+
+        return AttachedProcess(snapshot)
 
     def cleanup(self, labels: Mapping[str, str]) -> int:
         """Stop every instance this backend started whose labels include ``labels``; return how many."""

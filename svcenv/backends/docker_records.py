@@ -1,0 +1,112 @@
+"""The Docker backend's side for containers another process started: attaching, removing, pruning.
+
+Kept apart from :mod:`svcenv.backends.docker` (which creates and runs
+containers): everything here works from what a record or a label says, through
+the backend's one client.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from .base import LABEL_ENVIRONMENT, Instance
+
+if TYPE_CHECKING:
+    from docker import DockerClient
+
+
+MISSING = "missing"
+"""The status of a container the engine does not know (any more)."""
+
+
+class AttachedContainer(Instance):
+    """A container another process started, known by its id. ``stop()`` leaves it; ``remove()`` removes it."""
+
+    backend = "docker"
+
+    def __init__(self, client: Callable[[], DockerClient], snapshot: Mapping[str, Any]) -> None:
+        self._client = client
+        self.id = str(snapshot["id"])
+        self.host = str(snapshot.get("host") or "127.0.0.1")
+        self.ports = {int(k): int(v) for k, v in (snapshot.get("ports") or {}).items()}
+        self.credentials = dict(snapshot.get("credentials") or {})
+
+    def _get(self) -> Any:
+        """The container, or None if the engine does not know it."""
+        import docker.errors
+
+        try:
+            return self._client().containers.get(self.id)
+        except docker.errors.NotFound:
+            return None
+
+    def start(self) -> None:
+        """Nothing to start: its owner started it."""
+
+    def stop(self) -> None:
+        """Nothing to stop: an attached container stays (see :meth:`remove`)."""
+
+    def remove(self) -> None:
+        """Remove the container with its anonymous volumes (gone already is fine)."""
+        import docker.errors
+
+        container = self._get()
+        if container is None:
+            return
+        try:
+            container.remove(force=True, v=True)
+        except docker.errors.NotFound:
+            pass
+        except docker.errors.APIError as exc:
+            if exc.status_code != 409:  # 409: another path is removing it already
+                raise
+
+    def state(self) -> tuple[str, dict[str, str]]:
+        """(status, labels) as the engine says now; status ``missing`` if there is no such container."""
+        container = self._get()
+        if container is None:
+            return MISSING, {}
+        return str(container.status), dict(container.labels or {})
+
+    def exit_status(self) -> int | None:
+        container = self._get()
+        if container is None:
+            return -1
+        state = container.attrs.get("State") or {}
+        if state.get("Status") in ("exited", "dead"):
+            return int(state.get("ExitCode", -1))
+        return None
+
+    def logs(self, tail: int | None = None) -> str:
+        import docker.errors
+
+        container = self._get()
+        if container is None:
+            return f"(container {self.id[:12]} is gone: no log)"
+        try:
+            raw = container.logs(tail=tail if tail is not None else "all")
+        except docker.errors.APIError as exc:
+            return f"(log unavailable: {exc})"
+        return bytes(raw).decode("utf-8", errors="replace")
+
+
+def remove_labelled(client: DockerClient, labels: Mapping[str, str]) -> int:
+    """Remove the containers carrying every one of ``labels`` with their volumes; return how many."""
+    from ._docker_reaper import remove_labelled as remove
+
+    return remove(client, labels)
+
+
+def prune(client: DockerClient, only: Mapping[str, str], keep_alive: Callable[[Mapping[str, str]], bool]) -> int:
+    """Remove svcenv's containers that carry ``only`` and that ``keep_alive(labels)`` does not keep; return how many."""
+    removed = 0
+    filters: dict[str, str | list[str] | bool] = {"label": [LABEL_ENVIRONMENT, *(f"{k}={v}" for k, v in only.items())]}
+    for container in client.containers.list(all=True, filters=filters, ignore_removed=True):
+        if keep_alive(dict(container.labels or {})):
+            continue
+        with contextlib.suppress(Exception):
+            container.remove(force=True, v=True)
+            removed += 1
+    return removed
