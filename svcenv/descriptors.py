@@ -14,10 +14,11 @@ import os
 import re
 import secrets
 import shlex
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, fields, replace
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, ClassVar
 
+from ._checks import FrozenMap, check_types
 from .errors import ConfigurationError
 from .probes import ElasticsearchHealth, PostgresQuery, Probe, RedisPing
 
@@ -48,36 +49,6 @@ def generate_password() -> str:
     return secrets.token_urlsafe(24)
 
 
-class FrozenMap(Mapping[str, str]):
-    """An immutable, hashable ``str -> str`` mapping (descriptors must hash)."""
-
-    __slots__ = ("_data", "_hash")
-
-    def __init__(self, data: Mapping[str, str] | Sequence[tuple[str, str]] = ()) -> None:
-        self._data = dict(data)
-        self._hash: int | None = None
-
-    def __getitem__(self, key: str) -> str:
-        return self._data[key]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._data)
-
-    def __len__(self) -> int:
-        return len(self._data)
-
-    def __hash__(self) -> int:
-        if self._hash is None:
-            self._hash = hash(frozenset(self._data.items()))
-        return self._hash
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Mapping) and dict(self._data) == dict(other)
-
-    def __repr__(self) -> str:
-        return f"{{{', '.join(f'{k!r}: {v!r}' for k, v in self._data.items())}}}"
-
-
 @dataclass(frozen=True)
 class Resolved:
     """A descriptor made concrete for one environment: image, env, command, secrets.
@@ -98,30 +69,6 @@ class Resolved:
     @property
     def name(self) -> str:
         return self.service.name
-
-
-_SCALARS: dict[str, tuple[tuple[type, ...], str]] = {
-    "image": ((str,), "an image name such as 'postgres:16'"),
-    "scheme": ((str,), "a URL scheme such as 'http'"),
-    "backend": ((str,), "'auto', 'docker', 'local' or 'external'"),
-    "user": ((str,), "a string"),
-    "dbname": ((str,), "a string"),
-    "password": ((str,), "a string"),
-    "heap": ((str,), "a JVM size such as '512m'"),
-    "tuned": ((bool,), "True or False"),
-    "cache": ((bool,), "True or False"),
-    "timeout": ((int, float), "a number of seconds"),
-}
-_MAP_VALUES = (str, int, float, bool)
-
-
-def _is(value: object, types: tuple[type, ...]) -> bool:
-    """isinstance, except that a bool is not a number here (``True`` is no port and no timeout)."""
-    return isinstance(value, types) and (bool in types or not isinstance(value, bool))
-
-
-def _is_argv(value: object) -> bool:
-    return isinstance(value, Sequence) and all(isinstance(item, str) for item in value)
 
 
 @dataclass(frozen=True)
@@ -180,34 +127,7 @@ class Service:
 
     def _check_types(self) -> None:
         """Reject values of the wrong type now, with the field's name, instead of failing later in a backend."""
-        if not isinstance(self.name, str):
-            raise ConfigurationError(f"a service name must be a string, got {self.name!r} ({type(self.name).__name__})")
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if f.name in _SCALARS and not (value is None and f.default is None):
-                types, expected = _SCALARS[f.name]
-                if not _is(value, types):
-                    raise self._wrong(f.name, expected, value)
-        if isinstance(self.ports, (str, bytes)) or not isinstance(self.ports, Sequence):
-            raise self._wrong("ports", "a sequence of port numbers, e.g. (5432,)", self.ports)
-        for port in self.ports:
-            if not _is(port, (int,)):
-                raise self._wrong("ports", "a sequence of port numbers (int, 1..65535)", port)
-        for name in ("env", "settings"):
-            mapping = getattr(self, name, {})
-            if not isinstance(mapping, Mapping):
-                raise self._wrong(name, "a mapping of str to str", mapping)
-            for key, item in mapping.items():
-                if not isinstance(key, str) or not isinstance(item, _MAP_VALUES):
-                    raise self._wrong(f"{name}[{key!r}]", "a string (or a number or bool, given as text)", item)
-        command = self.command
-        if command is not None and not isinstance(command, str) and not _is_argv(command):
-            raise self._wrong("command", "a sequence of strings (an argv)", command)
-        deps = (self.depends_on,) if isinstance(self.depends_on, (str, Service)) else self.depends_on
-        if not isinstance(deps, Sequence) or not all(isinstance(d, (str, Service)) for d in deps):
-            raise self._wrong("depends_on", "service names or descriptors", self.depends_on)
-        if isinstance(self.tmpfs, str) or not all(isinstance(path, str) for path in self.tmpfs):
-            raise self._wrong("tmpfs", "a sequence of paths", self.tmpfs)
+        check_types(self)
 
     def _validate(self) -> None:
         if not isinstance(self.name, str) or not _NAME.match(self.name):

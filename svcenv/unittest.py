@@ -39,7 +39,7 @@ from .backends.base import Backend
 from .descriptors import Postgres, Redis, Service
 from .environment import Environment
 from .errors import ConfigurationError
-from .handles import PostgresHandle, RedisHandle, env_prefix
+from .handles import PostgresHandle, RedisHandle, ServiceHandle, env_prefix
 from .isolation import PostgresTemplate, Setup, claim_redis_db, redis_db_for_worker, rollback_connection
 
 if TYPE_CHECKING:
@@ -297,22 +297,23 @@ class ServiceTestCase(unittest.TestCase):
         database = getattr(self, "_svcenv_database", None)
         if database is not None:
             handle, name = database
-            url = handle.url_for(name)
-            variables[f"{env_prefix(handle.name)}_URL"] = url
-            if variables.get("DATABASE_URL") == handle.url:  # the primary Postgres
-                variables.update(DATABASE_URL=url, PGDATABASE=name)
+            _redirect(variables, handle, handle.url_for(name), "DATABASE_URL", PGDATABASE=name)
         redis_db = getattr(self, "_svcenv_redis", None)
         if redis_db is not None:
             rhandle, db = redis_db
-            url = rhandle.url_for(db)
-            variables[f"{env_prefix(rhandle.name)}_URL"] = url
-            if variables.get("REDIS_URL") == rhandle.url:  # the primary Redis
-                variables["REDIS_URL"] = url
+            _redirect(variables, rhandle, rhandle.url_for(db), "REDIS_URL")
         variables.update(overrides)
         saved = {key: os.environ.get(key) for key in variables}
         self.addCleanup(_restore_environ, saved)
         os.environ.update(variables)
         return variables
+
+
+def _redirect(variables: dict[str, str], handle: ServiceHandle, url: str, conventional: str, **more: str) -> None:
+    """Point ``<NAME>_URL`` of ``handle`` at ``url``; ``conventional`` (and ``more``) too if ``handle`` sets it."""
+    variables[f"{env_prefix(handle.name)}_URL"] = url
+    if variables.get(conventional) == handle.url:  # the kind's primary service
+        variables.update({conventional: url, **more})
 
 
 def _restore_environ(saved: Mapping[str, str | None]) -> None:

@@ -11,7 +11,7 @@ import socket
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 from ..._util import NotYet, poll
 from ...descriptors import Postgres, Service
@@ -26,10 +26,11 @@ if TYPE_CHECKING:
     from ...descriptors import Resolved
 
 
-class LocalPostgres(LocalInstance):
-    """Postgres on a copy of the cached template; the role's password is set as it starts."""
+_Install = TypeVar("_Install")
 
-    stop_signal = signal.SIGINT  # "fast shutdown"
+
+class _InstalledServer(LocalInstance, Generic[_Install]):
+    """A server run from a local installation (``install``) that the backend located."""
 
     def __init__(
         self,
@@ -37,13 +38,22 @@ class LocalPostgres(LocalInstance):
         labels: Mapping[str, str],
         workdir: Path,
         account: Account | None,
-        install: PostgresInstall,
+        install: _Install,
     ) -> None:
         super().__init__(resolved, labels, workdir, account)
-        self.install = install
-        service = resolved.service
+        self.install: _Install = install
+
+
+class LocalPostgres(_InstalledServer[PostgresInstall]):
+    """Postgres on a copy of the cached template; the role's password is set as it starts."""
+
+    stop_signal = signal.SIGINT  # "fast shutdown"
+
+    @property
+    def service(self) -> Postgres:
+        service = self.resolved.service
         assert isinstance(service, Postgres)
-        self.service = service
+        return service
 
     @property
     def data(self) -> Path:
@@ -99,19 +109,8 @@ class LocalPostgres(LocalInstance):
             )
 
 
-class LocalRedis(LocalInstance):
+class LocalRedis(_InstalledServer[RedisInstall]):
     """``redis-server`` with a private config file (the password is not on its command line)."""
-
-    def __init__(
-        self,
-        resolved: Resolved,
-        labels: Mapping[str, str],
-        workdir: Path,
-        account: Account | None,
-        install: RedisInstall,
-    ) -> None:
-        super().__init__(resolved, labels, workdir, account)
-        self.install = install
 
     @property
     def config(self) -> Path:
@@ -170,21 +169,10 @@ def _redis_quote(value: str) -> str:
     return f'"{escaped}"'
 
 
-class LocalElasticsearch(LocalInstance):
+class LocalElasticsearch(_InstalledServer[ElasticsearchInstall]):
     """Elasticsearch from a local distribution; settings become ``-E key=value``."""
 
     stop_grace = 20.0
-
-    def __init__(
-        self,
-        resolved: Resolved,
-        labels: Mapping[str, str],
-        workdir: Path,
-        account: Account | None,
-        install: ElasticsearchInstall,
-    ) -> None:
-        super().__init__(resolved, labels, workdir, account)
-        self.install = install
 
     def prepare(self) -> None:
         config = self.install.home / "config"

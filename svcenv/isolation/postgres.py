@@ -1,27 +1,8 @@
-"""Per-test isolation: a fresh database per test, rollback, a clean Redis db, an ES prefix.
-
-These are the runner-independent pieces behind the pytest fixtures and the
-unittest helpers:
-
-* :class:`PostgresTemplate`: pytest-postgresql's janitor idea. A template
-  database is built once (after a setup hook runs migrations or loads seed
-  data), and each test gets ``CREATE DATABASE … TEMPLATE …``, dropped afterwards
-  with its connections terminated.
-* :func:`rollback_connection`: one connection inside a transaction that is
-  rolled back at the end. ``commit()`` and ``rollback()`` by the code under test
-  act on a savepoint, so even committing code stays isolated. It does not fit
-  code that opens its own connections or uses a pool: those see nothing of the
-  test's transaction. Use a fresh database there.
-* :func:`redis_db_for_worker` / :func:`flush_redis`: a logical database per
-  xdist worker and ``FLUSHDB``, never ``FLUSHALL``.
-* :func:`delete_indices`: removes the indices under a per-test prefix by name
-  (Elasticsearch 8 refuses wildcard deletes by default).
-"""
+"""Postgres isolation: a template database cloned per test, and connections rolled back at the end."""
 
 from __future__ import annotations
 
 import itertools
-import os
 import queue
 import re
 import secrets
@@ -31,38 +12,26 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeAlias
 
-from .errors import ConfigurationError
+from ..errors import ConfigurationError
 
 if TYPE_CHECKING:
-    import elasticsearch
     import psycopg
-    import redis
 
-    from .handles import PostgresHandle, RedisHandle
+    from ..handles import PostgresHandle
 
 __all__ = [
     "PostgresTemplate",
     "Setup",
-    "claim_redis_db",
-    "delete_indices",
     "escaped",
-    "flush_redis",
-    "flush_redis_db",
-    "redis_db_for_worker",
     "rollback_connection",
     "rolled_back",
+    "run_setup",
     "savepoint_connection",
-    "worker_id",
 ]
 
 Setup: TypeAlias = "Callable[[psycopg.Connection[Any]], None] | str | Path | None"
 """How a template is prepared: a callable given a connection, a ``.sql`` file, SQL text, or
 ``"package.module:function"``."""
-
-
-def worker_id() -> str:
-    """The pytest-xdist worker id (``gw0``, ...) or ``main`` outside xdist."""
-    return os.environ.get("PYTEST_XDIST_WORKER", "main")
 
 
 def _ident(name: str) -> str:
@@ -312,7 +281,7 @@ def _drop(admin: psycopg.Connection[Any], name: str, patience: float = 2.0) -> N
     Postgres makes a drop wait in 100 ms steps for backends that are still
     exiting; polling pg_stat_activity first is much finer-grained.
     """
-    from ._util import NotYet, poll
+    from .._util import NotYet, poll
 
     query = b"SELECT count(*) FROM pg_stat_activity WHERE datname = %s"
 
@@ -406,67 +375,3 @@ def escaped(conn: psycopg.Connection[Any]) -> bool:
 def savepoint_connection(handle: PostgresHandle, dbname: str | None = None) -> psycopg.Connection[Any]:
     """A connection whose ``commit()``/``rollback()`` act on the savepoint of :func:`rolled_back`."""
     return _savepoint_connection_class().connect(handle.url_for(dbname or handle.dbname))
-
-
-def redis_db_for_worker(worker: str | None = None, databases: int = 16) -> int:
-    """Logical db for an xdist worker: ``main``/``gw0`` -> 1, ``gw1`` -> 2, ... (0 is left to the app)."""
-    worker = worker or worker_id()
-    match = re.fullmatch(r"gw(\d+)", worker)
-    index = int(match.group(1)) + 1 if match else 1
-    if index >= databases:
-        raise ConfigurationError(
-            f"redis has {databases} logical databases, not enough for xdist worker {worker}; "
-            "run fewer workers or raise redis' `databases` setting"
-        )
-    return index
-
-
-_claimed: set[tuple[str, int]] = set()
-
-
-def claim_redis_db(client: redis.Redis, backend: str, url: str) -> None:
-    """Before svcenv flushes a db on a server it did not start, make sure the db was empty.
-
-    svcenv never flushes data it did not create: on an external server it uses
-    a logical db only if that db holds nothing when svcenv first uses it.
-    """
-    db = int(client.connection_pool.connection_kwargs.get("db", 0))
-    if backend != "external" or (url, db) in _claimed:
-        return
-    keys = int(client.dbsize())
-    if keys:
-        raise ConfigurationError(
-            f"redis: logical db {db} of the external server already holds {keys} keys that svcenv did not "
-            "create, and svcenv flushes that db between tests. Give svcenv a server or db it may empty "
-            "(xdist worker N uses db N+1)."
-        )
-    _claimed.add((url, db))
-
-
-def flush_redis(client: redis.Redis) -> None:
-    """``FLUSHDB`` on the client's own logical database (never ``FLUSHALL``)."""
-    client.flushdb()
-
-
-def flush_redis_db(handle: RedisHandle, db: int) -> None:
-    """``FLUSHDB`` of logical database ``db``, on a connection of its own that says ``SELECT db`` first.
-
-    Never through a client the code under test used: it may have switched that
-    client's connections to another db (``SELECT 0``), whose data is not ours.
-    """
-    client = handle.client(db=db, single_connection_client=True)
-    try:
-        client.flushdb()
-    finally:
-        client.close()
-
-
-def delete_indices(client: elasticsearch.Elasticsearch, prefix: str) -> list[str]:
-    """Delete every index whose name starts with ``prefix``; return their names."""
-    if not prefix or "*" in prefix:
-        raise ConfigurationError(f"index prefix {prefix!r} must be non-empty and without '*'")
-    found = client.indices.get(index=f"{prefix}*", expand_wildcards="all", allow_no_indices=True)
-    names = sorted(found.body if hasattr(found, "body") else found)
-    if names:
-        client.indices.delete(index=",".join(names))
-    return names

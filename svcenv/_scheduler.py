@@ -1,0 +1,277 @@
+"""How an :class:`~svcenv.Environment` starts, cancels and tears down its services.
+
+Every service starts on a worker thread of its own once its dependencies are
+ready; the first failure cancels the rest, and teardown removes whatever was
+created, in parallel and bounded in time. :class:`Environment` mixes in
+:class:`_Scheduler`, which works on the environment's own state.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from typing import TypeVar
+
+from ._util import env_prefix
+from .backends import choose, requested_backend
+from .backends.base import LABEL_ENVIRONMENT, Backend, Instance
+from .descriptors import Service
+from .errors import (
+    BackendUnavailable,
+    ConfigurationError,
+    ProbeFailed,
+    ServiceExited,
+    ServiceFailure,
+    SvcenvError,
+)
+from .handles import ServiceHandle
+from .probes import wait_until_ready
+
+log = logging.getLogger("svcenv")
+LOG_TAIL_LINES = 25
+_T = TypeVar("_T")
+
+
+@dataclass(frozen=True)
+class ServiceTiming:
+    """When one service went through each phase, in seconds since ``start()`` began."""
+
+    service: str
+    backend: str
+    begin: float
+    """Dependencies ready; creation begins."""
+    created: float
+    """Container/process created."""
+    started: float
+    """Container/process started."""
+    ready: float
+    """The readiness probe passed."""
+    attempts: int
+    """Probe attempts it took."""
+
+    @property
+    def create_s(self) -> float:
+        return self.created - self.begin
+
+    @property
+    def start_s(self) -> float:
+        return self.started - self.created
+
+    @property
+    def ready_s(self) -> float:
+        """From started to ready: the time the probe waited."""
+        return self.ready - self.started
+
+    @property
+    def total_s(self) -> float:
+        return self.ready - self.begin
+
+
+class _Cancelled(Exception):
+    """A peer failed, or the owner interrupted the start: stop quietly."""
+
+
+class _Failure(Exception):
+    """Carries one ServiceFailure out of a start worker."""
+
+
+class _Scheduler:
+    """The start, cancel and teardown engine of :class:`~svcenv.Environment` (which sets this state)."""
+
+    id: str
+    labels: dict[str, str]
+    teardown_timeout: float
+    _services: dict[str, Service]
+    _backend_choice: str | Backend | None
+    _timeout: float | None
+    _backends: dict[str, Backend]
+    _instances: dict[str, Instance]
+    _handles: dict[str, ServiceHandle]
+    _timings: dict[str, ServiceTiming]
+    _lock: threading.Lock
+    _cancel: threading.Event
+    _ready: dict[str, threading.Event]
+    _failed: set[str]
+    _workers: list[Future[None]]
+    _t0: float
+
+    def _start_one(self, service: Service) -> None:
+        name = service.name
+        instance: Instance | None = None
+        resolved = None
+        backend = self._backends[name]
+        try:
+            for dep in service.depends_on:
+                while not self._ready[dep].wait(0.05):
+                    if self._cancel.is_set() or dep in self._failed:
+                        raise _Cancelled
+            if self._cancel.is_set():
+                raise _Cancelled
+            resolved = service.resolve()
+            begin = self._now()
+            instance = backend.create(resolved, self.labels)
+            with self._lock:
+                self._instances[name] = instance
+            created = self._now()
+            if self._cancel.is_set():
+                raise _Cancelled
+            instance.start()
+            started = self._now()
+            handle = service.handle_class()(resolved, instance)
+            timeout = service.timeout or self._timeout or service.effective_timeout
+            try:
+                attempts = wait_until_ready(handle, service.readiness_probe, timeout, self._cancel)
+            except ProbeFailed as exc:
+                if self._cancel.is_set():
+                    raise _Cancelled from None
+                raise _Failure(
+                    self._failure(
+                        service, resolved.image, instance, f"not ready within {timeout:g}s; last probe error: {exc}"
+                    )
+                ) from exc
+            if self._cancel.is_set():
+                raise _Cancelled
+            with self._lock:
+                self._handles[name] = handle
+                self._timings[name] = ServiceTiming(name, backend.name, begin, created, started, self._now(), attempts)
+            self._ready[name].set()
+        except (_Cancelled, _Failure):
+            self._failed.add(name)
+            raise
+        except ServiceExited as exc:
+            self._failed.add(name)
+            raise _Failure(self._failure(service, resolved.image if resolved else None, instance, str(exc))) from exc
+        except Exception as exc:
+            self._failed.add(name)
+            image = resolved.image if resolved else None
+            said = " ".join(str(exc).split()) or type(exc).__name__
+            reason = (
+                said
+                if isinstance(exc, SvcenvError)
+                else (f"{'could not be created' if instance is None else 'could not be started'}: {said}")
+            )
+            raise _Failure(self._failure(service, image, instance, reason)) from exc
+        finally:
+            if name in self._failed and instance is not None and self._cancel.is_set():
+                # The teardown may already have passed this instance; removing twice is safe.
+                _quietly(instance.stop)
+
+    def _failure(self, service: Service, image: str | None, instance: Instance | None, reason: str) -> ServiceFailure:
+        tail = ""
+        if instance is not None:
+            tail = _quietly(lambda: instance.logs(LOG_TAIL_LINES)) or ""
+        backend = self._backends[service.name].name
+        # Only containers run an image; naming one for a local or external service would mislead.
+        return ServiceFailure(service.name, backend, image if backend == "docker" else None, reason, tail)
+
+    def _backend_for_all(self) -> None:
+        made: dict[str, Backend] = {}
+        for name, service in self._services.items():
+            if isinstance(self._backend_choice, Backend):
+                self._backends[name] = self._backend_choice
+            else:
+                self._backends[name] = choose(service, requested_backend(service, self._backend_choice), made)
+        for name, backend in self._backends.items():
+            reason = backend.supports(self._services[name])
+            if reason is not None:
+                reason = reason.removeprefix(f"{backend.name}: ")
+                raise BackendUnavailable(f"service {name!r} cannot run on the {backend.name} backend: {reason}")
+        for backend in set(made.values()) - set(self._backends.values()):
+            backend.close()  # tried by `auto` but not chosen
+
+    def _now(self) -> float:
+        return time.monotonic() - self._t0
+
+    def _remove_all(self, deadline: float) -> tuple[list[str], BaseException | None]:
+        """Remove every instance (and sweep by label) by ``deadline``: what could not be removed, and a Ctrl-C."""
+        # Let start workers notice the cancel (they remove what they are creating).
+        interrupted = _wait_shielded(lambda: wait(self._workers, timeout=_left(deadline)), None)
+        with self._lock:
+            instances = list(self._instances.items())
+        problems: list[str] = []
+        stopper = ThreadPoolExecutor(max_workers=max(1, len(instances)), thread_name_prefix="svcenv-stop")
+        futures = {stopper.submit(instance.stop): name for name, instance in instances}
+        interrupted = _wait_shielded(lambda: wait(futures, timeout=_left(deadline)), interrupted)
+        stopper.shutdown(wait=False)
+        for future, name in futures.items():
+            if not future.done():
+                problems.append(f"{name}: not removed within {self.teardown_timeout}s")
+            elif future.exception() is not None:
+                problems.append(f"{name}: {future.exception()}")
+        # A sweep by label also catches what was created but never registered.
+        for backend in set(self._backends.values()):
+            try:
+                backend.cleanup({LABEL_ENVIRONMENT: self.id})
+            except Exception as exc:
+                problems.append(f"{backend.name} cleanup: {exc}")
+            backend.close()
+        return problems, interrupted
+
+
+def _check_dependencies(services: Mapping[str, Service]) -> None:
+    for service in services.values():
+        for dep in service.depends_on:
+            if dep not in services:
+                raise ConfigurationError(
+                    f"service {service.name!r} depends on {dep!r}, which is not in the environment "
+                    f"(it has {sorted(services)})"
+                )
+    import graphlib
+
+    try:
+        graphlib.TopologicalSorter({name: s.depends_on for name, s in services.items()}).prepare()
+    except graphlib.CycleError as error:
+        # graphlib walks from a dependency to its dependents; the message reads "a depends on b -> ...".
+        cycle: list[str] = list(reversed(error.args[1]))
+        raise ConfigurationError("dependency cycle: " + " -> ".join(cycle)) from None
+
+
+def _check_prefixes(services: Mapping[str, Service]) -> None:
+    """Two names that make the same variables (``cache-a``, ``cache_a``, ``cache.a``) would overwrite each other."""
+    seen: dict[str, str] = {}
+    for name in services:
+        prefix = env_prefix(name)
+        if prefix in seen:
+            raise ConfigurationError(
+                f"services {seen[prefix]!r} and {name!r} would both set {prefix}_HOST/_PORT/_URL; rename one"
+            )
+        seen[prefix] = name
+
+
+def _left(deadline: float) -> float:
+    return max(0.0, deadline - time.monotonic())
+
+
+def _wait_shielded(fn: Callable[[], object], interrupted: BaseException | None) -> BaseException | None:
+    """Run a bounded wait; a Ctrl-C during it is remembered, and the wait resumes once."""
+    for _ in range(2):
+        try:
+            fn()
+            return interrupted
+        except KeyboardInterrupt as exc:
+            interrupted = interrupted or exc
+    return interrupted
+
+
+def _quietly(fn: Callable[[], _T]) -> _T | None:
+    try:
+        return fn()
+    except Exception:
+        log.debug("ignored error during cleanup", exc_info=True)
+        return None
+
+
+def _labels_from_env() -> dict[str, str]:
+    """``SVCENV_LABELS=key=value,key=value`` as a dict; a malformed item is a ConfigurationError."""
+    labels: dict[str, str] = {}
+    for item in filter(None, (part.strip() for part in os.environ.get("SVCENV_LABELS", "").split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigurationError(f"SVCENV_LABELS: {item!r} is not key=value (items are separated by commas)")
+        labels[key.strip()] = value.strip()
+    return labels
