@@ -15,6 +15,7 @@ import dataclasses
 import re
 import socket
 import threading
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -244,6 +245,33 @@ def _sleep(cancel: threading.Event, seconds: float) -> None:
     cancel.wait(seconds)  # wakes at once when the start is cancelled
 
 
+def bounded_check(probe: Probe, service: ServiceHandle, deadline: float, cancel: threading.Event) -> None:
+    """One attempt of ``probe``, given up when ``deadline`` passes or ``cancel`` is set.
+
+    The attempt runs in a daemon thread: a probe that blocks (a ``Command`` that never
+    exits, a custom probe that hangs) cannot hold the start past its deadline, nor a
+    teardown or the interpreter's exit. An abandoned attempt ends with its service.
+    """
+    outcome: list[BaseException | None] = []
+
+    def attempt() -> None:
+        try:
+            probe.check(service)
+            outcome.append(None)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    worker = threading.Thread(target=attempt, name=f"svcenv-probe-{service.name}", daemon=True)
+    worker.start()
+    while not outcome and worker.is_alive():
+        left = deadline - time.monotonic()
+        if left <= 0 or cancel.is_set():
+            raise ProbeFailed(f"{type(probe).__name__} did not answer before the deadline (it blocks)")
+        worker.join(min(left, 0.05))
+    if outcome and outcome[0] is not None:
+        raise outcome[0]
+
+
 def wait_until_ready(
     service: ServiceHandle,
     probe: Probe,
@@ -291,10 +319,11 @@ def wait_until_ready(
         sleep=lambda seconds: _sleep(cancel, seconds),
         reraise=True,
     )
+    deadline = time.monotonic() + timeout
     for attempt in retrying:
         with attempt:
             attempts += 1
-            probe.check(service)
+            bounded_check(probe, service, deadline, cancel)
     return attempts
 
 
