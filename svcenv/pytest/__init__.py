@@ -39,11 +39,14 @@ from typing import Any
 
 import pytest
 
+from .._util import env_prefix
 from ..descriptors import Elasticsearch, Postgres, Redis, Service
 from ..environment import Environment
 from ..errors import ConfigurationError
+from ..isolation import redis_db_for_worker
 from ..mysql import MySQL
-from .fixtures import env_vars_for, fixtures, manager
+from ._session import worker
+from .fixtures import fixtures, manager
 from .plugin import (
     _svcenv_marker,
     pytest_addoption,
@@ -84,6 +87,33 @@ def svcenv_env_vars(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPa
     variables = env_vars_for(request, request.getfixturevalue("svcenv"))
     for key, value in variables.items():
         monkeypatch.setenv(key, value)
+    return variables
+
+
+def env_vars_for(request: pytest.FixtureRequest, env: Environment) -> dict[str, str]:
+    """The variables of the services this test uses (all when it names none), pointed at its own state.
+
+    A test with ``<name>_connection``/``<name>_database`` gets ``<NAME>_URL`` (and
+    ``DATABASE_URL``/``PGDATABASE``/``POSTGRES_URL`` if that is the primary Postgres) for
+    its fresh database; one with ``<name>_client`` of a Redis gets the worker's db.
+    """
+    used, _ = manager(request).uses(request.node)
+    names = [name for name in used if name in env]
+    variables = env.env_vars(only=names or None)
+    for name in names:
+        handle = env[name]
+        prefix = env_prefix(name)
+        if isinstance(handle.descriptor, Postgres) and f"_{name}_fresh" in request.fixturenames:
+            database = request.getfixturevalue(f"_{name}_fresh")[0]
+            url = handle.url_for(database)  # type: ignore[attr-defined]
+            if variables.get("DATABASE_URL") == handle.url:
+                variables.update(DATABASE_URL=url, POSTGRES_URL=url, PGDATABASE=database)
+            variables[f"{prefix}_URL"] = url
+        if isinstance(handle.descriptor, Redis) and f"{name}_client" in request.fixturenames:
+            url = handle.url_for(redis_db_for_worker(worker(request.config)))  # type: ignore[attr-defined]
+            if variables.get("REDIS_URL") == handle.url:
+                variables["REDIS_URL"] = url
+            variables[f"{prefix}_URL"] = url
     return variables
 
 

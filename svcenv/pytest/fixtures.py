@@ -366,36 +366,3 @@ def _mysql_fixtures(service: Service, given: Setup | Sequence[Setup]) -> dict[st
             conn.close()
 
     return {f"{n}_databases": databases, f"{n}_database": database, f"{n}_connection": connection}
-
-
-# -- the environment's variables --------------------------------------------------------------------
-
-
-def env_vars_for(request: pytest.FixtureRequest, env: Environment) -> dict[str, str]:
-    """The variables of the services this test uses (all when it names none), pointed at its own state.
-
-    A test with ``<name>_connection``/``<name>_database`` gets ``<NAME>_URL`` (and
-    ``DATABASE_URL``/``PGDATABASE``/``POSTGRES_URL`` if that is the primary Postgres) for
-    its fresh database; one with ``<name>_client`` of a Redis gets the worker's db.
-    """
-    from .._util import env_prefix
-    from ..isolation import redis_db_for_worker
-
-    used, _ = manager(request).uses(request.node)
-    names = [name for name in used if name in env]
-    variables = env.env_vars(only=names or None)
-    for name in names:
-        handle = env[name]
-        prefix = env_prefix(name)
-        if isinstance(handle.descriptor, Postgres) and f"_{name}_fresh" in request.fixturenames:
-            database = request.getfixturevalue(f"_{name}_fresh")[0]
-            url = handle.url_for(database)  # type: ignore[attr-defined]
-            if variables.get("DATABASE_URL") == handle.url:
-                variables.update(DATABASE_URL=url, POSTGRES_URL=url, PGDATABASE=database)
-            variables[f"{prefix}_URL"] = url
-        if isinstance(handle.descriptor, Redis) and f"{name}_client" in request.fixturenames:
-            url = handle.url_for(redis_db_for_worker(worker(request.config)))  # type: ignore[attr-defined]
-            if variables.get("REDIS_URL") == handle.url:
-                variables["REDIS_URL"] = url
-            variables[f"{prefix}_URL"] = url
-    return variables
