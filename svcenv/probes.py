@@ -245,12 +245,20 @@ def _sleep(cancel: threading.Event, seconds: float) -> None:
     cancel.wait(seconds)  # wakes at once when the start is cancelled
 
 
-def bounded_check(probe: Probe, service: ServiceHandle, deadline: float, cancel: threading.Event) -> None:
+def bounded_check(
+    probe: Probe,
+    service: ServiceHandle,
+    deadline: float,
+    cancel: threading.Event,
+    last: BaseException | None = None,
+) -> None:
     """One attempt of ``probe``, given up when ``deadline`` passes or ``cancel`` is set.
 
     The attempt runs in a daemon thread: a probe that blocks (a ``Command`` that never
     exits, a custom probe that hangs) cannot hold the start past its deadline, nor a
     teardown or the interpreter's exit. An abandoned attempt ends with its service.
+    When an attempt is cut short, the error of the one before it (``last``), if any,
+    says more than the cut.
     """
     outcome: list[BaseException | None] = []
 
@@ -266,6 +274,8 @@ def bounded_check(probe: Probe, service: ServiceHandle, deadline: float, cancel:
     while not outcome and worker.is_alive():
         left = deadline - time.monotonic()
         if left <= 0 or cancel.is_set():
+            if isinstance(last, ProbeFailed):
+                raise last
             raise ProbeFailed(f"{type(probe).__name__} did not answer before the deadline (it blocks)")
         worker.join(min(left, 0.05))
     if outcome and outcome[0] is not None:
@@ -294,10 +304,12 @@ def wait_until_ready(
 
     cancel = cancel or threading.Event()
     attempts = 0
+    errors: list[BaseException | None] = [None]  # the last failed attempt's
 
     def _stopped(state: RetryCallState) -> None:
         # Checked only after a failed attempt: a running service costs no extra call.
         exc = state.outcome.exception() if state.outcome else None
+        errors[:] = [exc]
         if isinstance(exc, ProbeFailed):
             if exc.credentials and service.backend == "external":
                 # An owned server may refuse while its password is being set; a running one will not change its mind.
@@ -323,7 +335,7 @@ def wait_until_ready(
     for attempt in retrying:
         with attempt:
             attempts += 1
-            bounded_check(probe, service, deadline, cancel)
+            bounded_check(probe, service, deadline, cancel, errors[0])
     return attempts
 
 

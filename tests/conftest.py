@@ -32,11 +32,12 @@ ENGINE_FIXTURES = {"docker_engine", "leaks"}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """A test that uses the engine (through these fixtures, directly or not) is marked ``docker``,
+    """A test that uses the engine (through these fixtures, directly or not, or runs with a parameter
+    ``"docker"``) is marked ``docker``,
     so ``-m "not docker"`` runs without one."""
     for item in items:
         callspec = getattr(item, "callspec", None)
-        on_docker = callspec is not None and callspec.params.get("backend") == "docker"  # the backend fixture
+        on_docker = callspec is not None and "docker" in callspec.params.values()  # e.g. a `backend` parameter
         if on_docker or ENGINE_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.docker)
 
