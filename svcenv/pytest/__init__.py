@@ -47,7 +47,9 @@ from ..isolation import redis_db_for_worker
 from ..mysql import MySQL
 from ._session import worker
 from .fixtures import fixtures, manager
-from .plugin import (
+
+# The module is the plugin (pytest11): pytest finds its hooks here.
+from .plugin import (  # noqa: F401
     _svcenv_marker,
     pytest_addoption,
     pytest_collection_finish,
@@ -58,16 +60,6 @@ from .plugin import (
 )
 
 __all__ = ["environment_fixture", "fixtures"]
-
-_HOOKS = (
-    _svcenv_marker,
-    pytest_addoption,
-    pytest_collection_finish,
-    pytest_configure,
-    pytest_sessionfinish,
-    pytest_terminal_summary,
-    pytest_unconfigure,
-)
 
 
 @pytest.fixture(scope="session")

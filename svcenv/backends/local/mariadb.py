@@ -38,13 +38,12 @@ from ...mysql import MySQL
 from ._common import COMMAND_TIMEOUT_S, MARKER, TMP_PREFIX, _executable, _Missing, _run
 from .accounts import Account, _account_problem, _chown, _existing_account, server_account
 from .places import _write_marker, cache_root, tmp_base
-from .process import LocalInstance
+from .servers import _InstalledServer
 from .template import _copy_tree
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
 
-    from ...descriptors import Resolved
+    pass
 
 __all__ = [
     "LocalMySQL",
@@ -272,24 +271,16 @@ def _ident(name: str) -> str:
     return "`" + name.replace("`", "``") + "`"
 
 
-class LocalMySQL(LocalInstance):
+class LocalMySQL(_InstalledServer[MySQLInstall]):
     """``mariadbd`` on a copy of the cached data directory; root, database and user are set as it starts."""
 
     stop_grace = 10.0
 
-    def __init__(
-        self,
-        resolved: Resolved,
-        labels: Mapping[str, str],
-        workdir: Path,
-        account: Account | None,
-        install: MySQLInstall,
-    ) -> None:
-        super().__init__(resolved, labels, workdir, account)
-        self.install = install
-        service = resolved.service
+    @property
+    def service(self) -> MySQL:
+        service = self.resolved.service
         assert isinstance(service, MySQL)
-        self.service = service
+        return service
 
     @property
     def data(self) -> Path:
