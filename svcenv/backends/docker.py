@@ -35,7 +35,7 @@ import subprocess
 import sys
 import threading
 import urllib.parse
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, cast
 
@@ -91,6 +91,27 @@ PING_TIMEOUT = 5
 
 API_TIMEOUT = 60
 """Seconds any later call to the engine may take (docker-py's default)."""
+
+
+@contextlib.contextmanager
+def _vanished(image: str) -> Iterator[None]:
+    """An image that went missing after svcenv checked it (removed meanwhile) is an ImageUnavailable.
+
+    Nothing is pulled then: svcenv pulls only in its check (and the cache images are in no registry).
+    """
+    import docker.errors
+
+    try:
+        yield
+    except docker.errors.ImageNotFound as exc:
+        said = " ".join(str(exc.explanation or exc).split())
+        never = os.environ.get("SVCENV_PULL", "missing").lower() == "never"
+        raise ImageUnavailable(
+            f"image {image!r} vanished from the engine after svcenv checked it (removed meanwhile, e.g. by "
+            f"`docker rmi` or `python -m svcenv cache clear`: {said}); svcenv does not pull it at this point"
+            + (" (and SVCENV_PULL=never forbids pulling it)" if never else "")
+            + ". Start again."
+        ) from exc
 
 
 class DockerInstance(Instance):
@@ -292,13 +313,21 @@ class DockerBackend(Backend):
         post_start: Callable[[Container], None] | None = None
         if pgcache.enabled(resolved):
             # The cache image is built from the image just checked, on this engine: it is used as named.
-            resolved, _ = pgcache.prepare(self.client, resolved, labels)
+            with _vanished(resolved.image):
+                resolved, _ = pgcache.prepare(self.client, resolved, labels)
             timeout = resolved.service.effective_timeout
             final = resolved
             post_start = lambda container: pgcache.set_password(container, final, timeout)  # noqa: E731
         bind = self.bind_address
         env_id = labels.get(LABEL_ENVIRONMENT, "x")
-        created = self.client.containers.create(
+        # containers.create never pulls (docker-py's containers.run would): an image removed since
+        # the check is an ImageNotFound here, whatever SVCENV_PULL says.
+        with _vanished(resolved.image):
+            created = self._create_container(resolved, labels, bind, env_id)
+        return DockerInstance(created, self.host, resolved.ports, post_start)
+
+    def _create_container(self, resolved: Resolved, labels: Mapping[str, str], bind: str, env_id: str) -> Container:
+        return self.client.containers.create(
             resolved.image,
             command=list(resolved.command) if resolved.command is not None else None,
             environment=dict(resolved.env),
@@ -310,7 +339,6 @@ class DockerBackend(Backend):
             entrypoint=list(resolved.entrypoint) if resolved.entrypoint else None,
             detach=True,
         )
-        return DockerInstance(created, self.host, resolved.ports, post_start)
 
     def cleanup(self, labels: Mapping[str, str]) -> int:
         if self._client is None:
@@ -332,6 +360,8 @@ class DockerBackend(Backend):
         return remove_labelled(self.client, labels)
 
     def prune(self, *, only: Mapping[str, str], keep_alive: Callable[[Mapping[str, str]], bool]) -> int:
+        """See :meth:`Backend.prune`; raises :class:`~svcenv.backends.docker_records.PruneIncomplete`
+        (after trying them all) if the engine refused to remove some containers."""
         from .docker_records import prune
 
         try:

@@ -7,7 +7,6 @@ the backend's one client.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -99,14 +98,38 @@ def remove_labelled(client: DockerClient, labels: Mapping[str, str]) -> int:
     return remove(client, labels)
 
 
+class PruneIncomplete(Exception):
+    """Some containers :func:`prune` meant to remove are still there: how many went, and why the others did not."""
+
+    def __init__(self, removed: int, failures: list[str]) -> None:
+        self.removed = removed
+        self.failures = failures
+        super().__init__(f"could not remove {len(failures)} container(s): {'; '.join(failures)}")
+
+
 def prune(client: DockerClient, only: Mapping[str, str], keep_alive: Callable[[Mapping[str, str]], bool]) -> int:
-    """Remove svcenv's containers that carry ``only`` and that ``keep_alive(labels)`` does not keep; return how many."""
+    """Remove svcenv's containers that carry ``only`` and that ``keep_alive(labels)`` does not keep; return how many.
+
+    Raises :class:`PruneIncomplete` (after trying every one) if the engine refused to remove some.
+    """
+    import docker.errors
+
     removed = 0
+    failures: list[str] = []
     filters: dict[str, str | list[str] | bool] = {"label": [LABEL_ENVIRONMENT, *(f"{k}={v}" for k, v in only.items())]}
     for container in client.containers.list(all=True, filters=filters, ignore_removed=True):
         if keep_alive(dict(container.labels or {})):
             continue
-        with contextlib.suppress(Exception):
+        try:
             container.remove(force=True, v=True)
             removed += 1
+        except docker.errors.NotFound:
+            pass  # gone already
+        except docker.errors.APIError as exc:
+            if exc.status_code != 409:  # 409: another path is removing it already
+                failures.append(f"{str(container.id)[:12]} ({' '.join(str(exc.explanation or exc).split())})")
+        except Exception as exc:
+            failures.append(f"{str(container.id)[:12]} ({type(exc).__name__}: {' '.join(str(exc).split())})")
+    if failures:
+        raise PruneIncomplete(removed, failures)
     return removed

@@ -216,10 +216,14 @@ def _check_no_query(service: Service, parts: SplitResult, invalid: _Invalid) -> 
 def _credentials(service: Service, parts: SplitResult, invalid: _Invalid) -> dict[str, str]:
     user = unquote(parts.username) if parts.username else None
     password = unquote(parts.password) if parts.password is not None else None
-    path = unquote(parts.path.removeprefix("/"))
+    raw_path = parts.path.removeprefix("/")
+    path = unquote(raw_path)
     if isinstance(service, (Postgres, MySQL)):
-        if "/" in path:
+        if "/" in raw_path:
             raise invalid("has a path with more than a database name")
+        if "/" in path:
+            # A percent-encoded slash is part of the name; svcenv writes the name into URLs unencoded.
+            raise invalid(f"names the database {path!r}: a database name cannot contain '/' (written %2F)")
         return {
             "user": user or service.user,
             # Not the generated password: it means nothing to a server svcenv did not set up.

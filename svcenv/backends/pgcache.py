@@ -181,13 +181,25 @@ def set_password(container: Any, resolved: Resolved, timeout: float) -> None:
     statement = f"ALTER ROLE {role} PASSWORD '{verifier}'"
     argv = ["psql", "-v", "ON_ERROR_STOP=1", "-qAt", "-U", user, "-d", resolved.env["POSTGRES_DB"], "-c", statement]
 
+    import docker.errors
+
+    def exited() -> None:
+        container.reload()
+        state = container.attrs["State"]
+        if state["Status"] in ("exited", "dead"):
+            raise ServiceExited(f"exited with status {state['ExitCode']} before it was ready")
+
     def altered() -> None:
-        code, output = container.exec_run(argv, user="postgres")
+        try:
+            code, output = container.exec_run(argv, user="postgres")
+        except docker.errors.APIError as exc:
+            # The server exited between start and this exec (e.g. it rejected a setting): the engine
+            # answers "409 Conflict: container is not running". Say that it exited (its log says why).
+            exited()
+            raise NotYet(" ".join(str(exc.explanation or exc).split())) from None
         if code == 0:
             return
-        container.reload()
-        if container.attrs["State"]["Status"] == "exited":
-            raise ServiceExited(f"exited with status {container.attrs['State']['ExitCode']} before it was ready")
+        exited()
         raise NotYet(bytes(output or b"").decode(errors="replace").strip())
 
     try:

@@ -28,6 +28,8 @@ Exit codes:
   ``--detach`` on the local backend);
 * ``run``: CMD's exit status; 128+N if CMD died of signal N; 126/127 if CMD
   cannot be executed/found; 130/143 if SIGINT/SIGTERM came before CMD started.
+  A SIGINT/SIGTERM after CMD ended (during the teardown) does not cut the
+  teardown short nor change the exit status: it is still CMD's.
 """
 
 from __future__ import annotations

@@ -166,11 +166,24 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_prune(args: argparse.Namespace) -> int:
     """Remove containers, records and local dirs whose owner is gone (sparing recorded kept ones)."""
+    from ..backends.docker_records import PruneIncomplete
     from ..reuse import container_state, remove_entry
 
     store = StateDir()
     backends = LazyBackends()
     records = containers = 0
+    failures: list[str] = []
+
+    def remove(entry: Mapping[str, object]) -> bool:
+        """Remove a recorded entry's containers; False (and the failure noted) if the engine refused."""
+        nonlocal containers
+        try:
+            containers += remove_entry(backends("docker"), entry)
+        except Exception as exc:
+            failures.append(f"environment {entry.get('env_id')} ({' '.join(str(exc).split())})")
+            return False
+        return True
+
     try:
         for record in store.environments():
             entries = entries_of(record).values()
@@ -180,27 +193,33 @@ def cmd_prune(args: argparse.Namespace) -> int:
                 ids = [e["snapshot"]["id"] for e in entries if is_docker(e)]
                 gone = bool(ids) and all(container_state(backends("docker"), str(i))[0] != "running" for i in ids)
             if gone:
-                for entry in entries:
-                    if is_docker(entry) and not entry.get("reuse_hash"):
-                        containers += remove_entry(backends("docker"), entry)
-                store.delete(store.env_file(str(record["id"])))
-                records += 1
+                ok = [remove(entry) for entry in entries if is_docker(entry) and not entry.get("reuse_hash")]
+                if all(ok):  # else keep the record: it still names what remains
+                    store.delete(store.env_file(str(record["id"])))
+                    records += 1
         for record in store.reused():
             with store.lock(f"reuse-{record['hash']}"):
                 entry = record["service"]
                 docker_id = str(entry["snapshot"]["id"])
-                if is_docker(entry) and container_state(backends("docker"), docker_id)[0] != "running":
-                    containers += remove_entry(backends("docker"), entry)
+                running = container_state(backends("docker"), docker_id)[0] == "running" if is_docker(entry) else True
+                if not running and remove(entry):
                     store.delete(store.reuse_file(str(record["hash"])))
                     records += 1
         only = dict(label.partition("=")[::2] for label in args.label)
-        containers += backends("docker").prune(only=only, keep_alive=_still_wanted())
+        try:
+            containers += backends("docker").prune(only=only, keep_alive=_still_wanted())
+        except PruneIncomplete as incomplete:
+            containers += incomplete.removed
+            failures += incomplete.failures
     finally:
         backends.close()
     from ..backends.local import sweep_stale
 
     directories = sweep_stale()
     print(f"pruned {containers} container(s), {records} record(s), {directories} local server dir(s)")
+    if failures:
+        say(f"could not remove {len(failures)} container(s): {'; '.join(failures)}")
+        return EXIT_FAILED
     return EXIT_OK
 
 

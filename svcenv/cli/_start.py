@@ -11,7 +11,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import FrameType
 
 from ..backends import Backend
@@ -48,6 +48,10 @@ class Running:
     """Removes what is not reused; reused services stay."""
     disown: Callable[[], None]
     reused: bool = False
+    command_status: int | None = None
+    """``run``: the exit status of CMD once it has ended (the teardown then reports it)."""
+    late_signals: list[int] = field(default_factory=list)
+    """SIGINT/SIGTERM that arrived after CMD ended or during the teardown (they do not cut it short)."""
 
 
 def _reuse_wanted(args: argparse.Namespace, config: ProjectConfig) -> bool:
@@ -185,9 +189,88 @@ def _live_detached(store: StateDir, key: str) -> Record | None:
     return None
 
 
+_SIGNAL_NAMES: dict[int, str] = {signal.SIGINT: "SIGINT (Ctrl-C)", signal.SIGTERM: "SIGTERM"}
+
+
+class _HeldSignals:
+    """SIGINT/SIGTERM recorded, not raised, while the teardown runs: it is bounded and must finish."""
+
+    def __init__(self, received: list[int]) -> None:
+        self.received = received
+        self._previous: dict[int, object] = {}
+
+    def _note(self, signum: int, frame: FrameType | None) -> None:
+        if not self.received:
+            # os.write: a print() from a signal handler can hit a reentrant-call error on stderr.
+            with contextlib.suppress(OSError):
+                os.write(
+                    sys.stderr.fileno(),
+                    f"\nsvcenv: {_SIGNAL_NAMES.get(signum, str(signum))} during teardown: still removing the services "
+                    "(bounded in time); a final line says what is left\n".encode(),
+                )
+        self.received.append(signum)
+
+    def __enter__(self) -> _HeldSignals:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {s: signal.signal(s, self._note) for s in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)  # type: ignore[arg-type]
+
+
+def _stop(running: Running, held: _HeldSignals) -> list[str]:
+    """Run the teardown to its end; what it could not remove (its TeardownWarning messages)."""
+    import warnings
+
+    from ..environment import TeardownWarning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", TeardownWarning)
+        try:
+            running.stop()
+        except KeyboardInterrupt:  # remembered by the teardown's shielded waits, raised at its end
+            held.received.append(signal.SIGINT)
+        except Terminated:
+            held.received.append(signal.SIGTERM)
+    problems = [str(w.message) for w in caught if issubclass(w.category, TeardownWarning)]
+    for w in caught:
+        if not issubclass(w.category, TeardownWarning):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return problems
+
+
+def _say_stopped(running: Running, problems: list[str], held: _HeldSignals) -> None:
+    """The final line of a foreground session: what the teardown removed, or what may remain."""
+    if held.received:
+        what = _SIGNAL_NAMES.get(held.received[0], str(held.received[0]))
+        if running.command_status is not None:
+            say(
+                f"{what} arrived during teardown, after the command had run and exited with status "
+                f"{running.command_status}; the teardown ran to its end"
+            )
+        else:
+            say(f"{what} arrived during teardown; the teardown ran to its end")
+    if problems:
+        say(
+            "stopped, but the teardown was incomplete: " + "; ".join(problems) + "; what remains may still "
+            "run: `python -m svcenv prune` removes it"
+        )
+    elif running.reused:
+        kept = [n for n, o in running.outcomes.items() if o != "external"]
+        say(f"reused services stay up: {', '.join(kept)}; `python -m svcenv down` removes them")
+    else:
+        say("stopped; nothing left running")
+
+
 @contextlib.contextmanager
 def _foreground(args: argparse.Namespace) -> Iterator[Running]:
-    """Start (or attach), record the environment while the block runs, then remove what is not reused."""
+    """Start (or attach), record the environment while the block runs, then remove what is not reused.
+
+    Signals during the teardown do not cut it short (it is bounded); it always ends with a line
+    that says what was removed or what may remain.
+    """
     config = project_config(args)
     store = StateDir()
     install_stop_signals()
@@ -199,14 +282,12 @@ def _foreground(args: argparse.Namespace) -> Iterator[Running]:
         store.save_environment(record)
         yield running
     finally:
-        say("stopping ...")
-        store.delete(store.env_file(str(record["id"])))
-        running.stop()
-        if running.reused:
-            kept = [n for n, o in running.outcomes.items() if o != "external"]
-            say(f"reused services stay up: {', '.join(kept)}; `python -m svcenv down` removes them")
-        else:
-            say("stopped; nothing left running")
+        with _HeldSignals(running.late_signals) as held:
+            say("stopping ...")
+            store.delete(store.env_file(str(record["id"])))
+            problems = _stop(running, held)
+            _say_stopped(running, problems, held)
+        install_stop_signals()
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -264,11 +345,14 @@ def _terminal_delivers_sigint() -> bool:
         return False
 
 
-def _run_child(cmd: Sequence[str], variables: Mapping[str, str]) -> int:
+def _run_child(cmd: Sequence[str], variables: Mapping[str, str], running: Running) -> int:
     child: subprocess.Popen[bytes] | None = None
     pending: list[int] = []
 
     def forward(signum: int, frame: FrameType | None) -> None:
+        if running.command_status is not None:
+            running.late_signals.append(signum)  # CMD has ended: the teardown is next and reports it
+            return
         if signum == signal.SIGINT and _terminal_delivers_sigint():
             return
         if child is None:
@@ -291,22 +375,31 @@ def _run_child(cmd: Sequence[str], variables: Mapping[str, str]) -> int:
         for signum in pending:
             child.send_signal(signum)
         status = child.wait()
+        running.command_status = status if status >= 0 else 128 - status
     finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-    return status if status >= 0 else 128 - status
+        if running.command_status is None:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+        # else: forward() keeps recording signals until the teardown takes over (no gap where one raises)
+    return running.command_status
 
 
 def cmd_run(args: argparse.Namespace, cmd: Sequence[str]) -> int:
     """Start, run CMD with the variables, tear down, return CMD's status."""
     if not cmd:
         raise UsageError("run needs a command after --, e.g. python -m svcenv run -- pytest")
+    ran: list[Running] = []
     try:
         with _foreground(args) as running:
-            return _run_child(cmd, running.env.env_vars())
-    except KeyboardInterrupt:
+            ran.append(running)
+            return _run_child(cmd, running.env.env_vars(), running)
+    except (KeyboardInterrupt, Terminated) as exc:
+        status = ran[0].command_status if ran else None
+        if status is not None:  # after the teardown had reported: the command's status stands
+            say(f"interrupted after the command had exited with status {status} and the teardown had run")
+            return status
+        if isinstance(exc, Terminated):
+            say("terminated before the command started")
+            return 128 + signal.SIGTERM
         say("interrupted before the command started")
         return 128 + signal.SIGINT
-    except Terminated:
-        say("terminated before the command started")
-        return 128 + signal.SIGTERM

@@ -34,6 +34,29 @@ def cmd_cache(args: argparse.Namespace) -> int:
         backend.close()
 
 
+def _image_missing(backend: Backend, service: Service) -> str | None:
+    """``None`` if the docker image of ``service`` is on the engine, else what happens about it."""
+    import os
+
+    from ..backends.docker import DockerBackend, hub_image
+
+    if not isinstance(backend, DockerBackend) or not service.effective_image:
+        return None
+    import docker.errors
+
+    image = hub_image(service.effective_image)
+    try:
+        backend.client.images.get(image)
+        return None
+    except docker.errors.ImageNotFound:
+        pass
+    except docker.errors.APIError as exc:
+        return f"image {image} could not be looked up on the engine ({' '.join(str(exc).split())})"
+    if os.environ.get("SVCENV_PULL", "missing").lower() == "never":
+        return f"image {image} is missing on the engine and SVCENV_PULL=never forbids pulling it"
+    return f"image {image} is missing on the engine: it would be pulled at the first start"
+
+
 def _backend_details(name: str, backend: Backend, service: Service) -> str:
     """What a backend would use for ``service``: the image, the binaries, or the URL."""
     if name == "docker":
@@ -48,26 +71,44 @@ def _backend_details(name: str, backend: Backend, service: Service) -> str:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    """Print, per service, which backends can run it and what `auto` picks."""
+    """Print, per service, which backends can run it and what `auto` picks.
+
+    With no names: every service the project knows (all kinds svcenv knows without a config file).
+    """
     from ..backends import AUTO_ORDER, get_backend
 
-    services = select_services(project_config(args), args.services)
+    config = project_config(args)
+    services = select_services(config, args.services or config.known)
     backends = {name: get_backend(name) for name in AUTO_ORDER}
     unserved = []
-    for service in services:
-        verdicts = {name: backend.supports(service) for name, backend in backends.items()}
-        usable = [name for name in AUTO_ORDER if verdicts[name] is None]
-        print(f"{service.name}: auto uses {usable[0] if usable else 'NOTHING (no backend can run it)'}")
-        for name in AUTO_ORDER:
-            reason = verdicts[name]
-            if reason is None:
-                print(f"  {name:<9} ok   {_backend_details(name, backends[name], service)}")
+    try:
+        for service in services:
+            verdicts = {name: backend.supports(service) for name, backend in backends.items()}
+            missing = {name: _image_missing(backends[name], service) for name in AUTO_ORDER if verdicts[name] is None}
+            usable = [name for name in AUTO_ORDER if verdicts[name] is None]
+            doomed = bool(usable) and "forbids pulling" in (missing.get(usable[0]) or "")
+            if not usable:
+                print(f"{service.name}: auto uses NOTHING (no backend can run it)")
+            elif doomed:
+                print(f"{service.name}: auto uses {usable[0]}, but its image is missing: starting it fails")
             else:
-                print(f"  {name:<9} no   {reason.removeprefix(name + ': ')}")
-        if not usable:
-            unserved.append(service.name)
-    for backend in backends.values():
-        backend.close()
+                print(f"{service.name}: auto uses {usable[0]}")
+            for name in AUTO_ORDER:
+                reason = verdicts[name]
+                problem = missing.get(name)
+                if reason is not None:
+                    print(f"  {name:<9} no   {reason.removeprefix(name + ': ')}")
+                elif problem is not None and "forbids pulling" in problem:
+                    print(f"  {name:<9} no   {problem}")
+                elif problem is not None:
+                    print(f"  {name:<9} ok   {problem}")
+                else:
+                    print(f"  {name:<9} ok   {_backend_details(name, backends[name], service)}")
+            if not usable or doomed:
+                unserved.append(service.name)
+    finally:
+        for backend in backends.values():
+            backend.close()
     if unserved:
         say(f"no backend can run: {', '.join(unserved)}")
         return EXIT_FAILED
