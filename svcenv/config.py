@@ -74,6 +74,8 @@ def _kind_specs() -> dict[str, Spec]:
     """Without declared services, every kind is a service of its own name (``up mysql`` works)."""
     names = [*DEFAULT_SERVICES, *(k for k in KINDS if k not in DEFAULT_SERVICES and k != "service")]
     return {n: {"name": n, "kind": n} for n in names}
+
+
 BACKENDS = ("auto", "docker", "local", "external")
 
 _COMMON = ("kind", "image", "version", "env", "command", "probe", "depends_on", "timeout", "backend")

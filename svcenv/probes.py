@@ -344,6 +344,7 @@ def wait_until_ready(
 ProbeRecord = dict[str, Any]
 """``{"probe": "<class name>", <field>: <value>, ...}``; ``AllOf`` holds ``"probes": [records]``."""
 
+
 def to_record(probe: Probe) -> ProbeRecord:
     """``probe`` as a record; a probe svcenv does not ship cannot be recorded (ConfigurationError says so)."""
     from .errors import ConfigurationError

@@ -21,14 +21,17 @@ IMAGES = {
     "SVCENV_POSTGRES_IMAGE": "svcenv-test/postgres:15",
     "SVCENV_REDIS_IMAGE": "svcenv-test/redis:7",
     "SVCENV_ELASTICSEARCH_IMAGE": "svcenv-test/es-standin:8",
-    "SVCENV_MYSQL_IMAGE": "svcenv-test/mariadb:10",
 }
+"""What every docker test may use; ``docker_engine`` checks them."""
+MYSQL_IMAGE = ("SVCENV_MYSQL_IMAGE", "svcenv-test/mariadb:10")
+"""Checked only by the tests that start MySQL (``mysql_image``): a machine without it runs the rest."""
+os.environ.setdefault(*MYSQL_IMAGE)
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 # The tests never ask a registry for anything: a missing image fails at once (subprocesses inherit this).
 os.environ.setdefault("SVCENV_PULL", "never")
 
 
-ENGINE_FIXTURES = {"docker_engine", "leaks"}
+ENGINE_FIXTURES = {"docker_engine", "leaks", "mysql_image"}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -96,6 +99,15 @@ def docker_engine() -> Iterator[None]:
     if missing:
         need(f"test images missing: {missing}; build them with `bash tests/images/build.sh`")
     return
+
+
+@pytest.fixture(scope="session")
+def mysql_image(docker_engine: None) -> str:
+    """The MySQL/MariaDB test image, present on the engine (else skipped locally, failed in CI)."""
+    image = os.environ[MYSQL_IMAGE[0]]
+    if not docker("images", "-q", image).strip():
+        need(f"test image missing: {image}; build it with `bash tests/images/build.sh`")
+    return image
 
 
 class LeakCheck:

@@ -65,6 +65,7 @@ def backend(request: pytest.FixtureRequest) -> Iterator[tuple[str, dict[str, str
     """``(backend, labels)``; on docker the labels are the leak check's, on local no mariadbd may be left."""
     name: str = request.param
     if name == "docker":
+        request.getfixturevalue("mysql_image")
         check: LeakCheck = request.getfixturevalue("leaks")
         yield name, check.labels
         return
@@ -191,6 +192,7 @@ def server(request: pytest.FixtureRequest) -> Iterator[MySQLHandle]:
     """A MariaDB these tests started (on local, or on docker), to be used as an external server."""
     labels = {"svcenv.test": uuid.uuid4().hex[:12]}
     if request.param == "docker":
+        request.getfixturevalue("mysql_image")
         labels = request.getfixturevalue("leaks").labels
     else:
         _local_available()

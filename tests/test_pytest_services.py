@@ -208,7 +208,7 @@ def test_svcenv_alone_in_a_suite_uses_the_configured_services(pytester: pytest.P
     result.assert_outcomes(passed=1)
 
 
-def test_mysql_fixtures_give_each_test_a_fresh_database(pytester: pytest.Pytester, docker_engine: None) -> None:
+def test_mysql_fixtures_give_each_test_a_fresh_database(pytester: pytest.Pytester, mysql_image: str) -> None:
     pytester.makepyfile(
         test_mysql="""
         import pytest

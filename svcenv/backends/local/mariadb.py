@@ -30,7 +30,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..._util import NotYet, file_lock, poll
 from ...errors import BackendUnavailable, ServiceExited
@@ -40,10 +40,6 @@ from .accounts import Account, _account_problem, _chown, _existing_account, serv
 from .places import _write_marker, cache_root, tmp_base
 from .servers import _InstalledServer
 from .template import _copy_tree
-
-if TYPE_CHECKING:
-
-    pass
 
 __all__ = [
     "LocalMySQL",
