@@ -17,6 +17,7 @@ import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, ClassVar
+from urllib.parse import unquote
 
 from ._checks import FrozenMap, check_types
 from .errors import ConfigurationError
@@ -65,6 +66,11 @@ class Resolved:
     tmpfs: Mapping[str, str] = field(default_factory=dict)
     entrypoint: tuple[str, ...] | None = None
     """Replaces the image's entrypoint (None: keep it)."""
+    files: Mapping[str, tuple[bytes, int]] = field(default_factory=dict, repr=False)
+    """Files the backend puts into the container before it starts: container path -> (content, mode).
+
+    Secrets go here, not into ``command`` or ``env`` (argv shows in ``ps``, both in ``docker inspect``).
+    """
 
     @property
     def name(self) -> str:
@@ -100,6 +106,16 @@ class Service:
     kind: ClassVar[str] = "service"
     default_image: ClassVar[str | None] = None
     default_timeout: ClassVar[float] = 60.0
+    url_schemes: ClassVar[tuple[str, ...]] = ()
+    """The schemes an external service's URL may use (empty: any valid scheme)."""
+    canonical_url_scheme: ClassVar[str | None] = None
+    """The scheme the handle gets whichever of :attr:`url_schemes` the URL used (None: the URL's own)."""
+    url_query_hint: ClassVar[str] = ""
+    """Appended to the error for a URL with query parameters: what to do instead."""
+    example_url: ClassVar[str | None] = None
+    """An external URL of this kind, for error messages (None: ``scheme://host:port``)."""
+    local_program: ClassVar[str | None] = None
+    """The program that runs this kind locally; a ``command`` must start with it (None: no command allowed)."""
 
     def __init_subclass__(cls, **kwargs: object) -> None:
         super().__init_subclass__(**kwargs)
@@ -188,6 +204,47 @@ class Service:
 
         return ServiceHandle
 
+    # -- what the external backend asks of a descriptor ------------------------------------------
+
+    @classmethod
+    def external_default_port(cls, scheme: str) -> int | None:
+        """The port an external URL with ``scheme`` means when it names none (None: it must name one)."""
+        return None
+
+    def url_credentials(self, user: str | None, password: str | None, path: str) -> dict[str, str]:
+        """The connection settings an external URL's user, password and path give this service.
+
+        ``user`` and ``password`` are decoded (None when the URL has none); ``path`` is
+        still percent-encoded, without its leading ``/``. Raises :class:`ValueError`
+        with the problem (e.g. "has a path, ...") when the kind cannot take them.
+        """
+        if user is not None or password is not None:
+            raise ValueError(f"carries credentials, which svcenv cannot pass to a {self.kind} service")
+        if path:
+            raise ValueError(f"has a path, which svcenv cannot pass to a {self.kind} service")
+        return {}
+
+
+def _database_credentials(
+    user: str | None, password: str | None, path: str, default_user: str, default_password: str, default_dbname: str
+) -> dict[str, str]:
+    """``user``/``password``/``dbname`` from a database server's URL (Postgres, MySQL).
+
+    See :meth:`Service.url_credentials`.
+    """
+    if "/" in path:
+        raise ValueError("has a path with more than a database name")
+    dbname = unquote(path)
+    if "/" in dbname:
+        # A percent-encoded slash is part of the name; svcenv writes the name into URLs unencoded.
+        raise ValueError(f"names the database {dbname!r}: a database name cannot contain '/' (written %2F)")
+    return {
+        "user": user or default_user,
+        # Not the generated password: it means nothing to a server svcenv did not set up.
+        "password": password if password is not None else default_password,
+        "dbname": dbname or default_dbname,
+    }
+
 
 def _env_with(base: Mapping[str, str], **managed: str) -> dict[str, str]:
     env = dict(base)
@@ -223,6 +280,11 @@ class Postgres(Service):
 
     kind: ClassVar[str] = "postgres"
     default_image: ClassVar[str | None] = "postgres:16-alpine"
+    url_schemes: ClassVar[tuple[str, ...]] = ("postgresql", "postgres")
+    canonical_url_scheme: ClassVar[str | None] = "postgresql"
+    url_query_hint: ClassVar[str] = "; set libpq's variables instead (PGSSLMODE, ...)"
+    example_url: ClassVar[str | None] = "postgresql://user:password@host:5432/dbname"
+    local_program: ClassVar[str | None] = "postgres"
 
     def __post_init__(self) -> None:
         self._check_types()
@@ -234,6 +296,13 @@ class Postgres(Service):
     @property
     def readiness_probe(self) -> Probe:
         return self.probe or PostgresQuery()
+
+    @classmethod
+    def external_default_port(cls, scheme: str) -> int | None:
+        return 5432
+
+    def url_credentials(self, user: str | None, password: str | None, path: str) -> dict[str, str]:
+        return _database_credentials(user, password, path, self.user, self.password or "", self.dbname)
 
     @property
     def server_settings(self) -> dict[str, str]:
@@ -259,12 +328,18 @@ class Postgres(Service):
         return PostgresHandle
 
 
+REDIS_CONF = "/run/svcenv/redis.conf"
+"""Where a Redis container's config file (with its password) is put before it starts."""
+
+
 @dataclass(frozen=True, kw_only=True)
 class Redis(Service):
     """Redis, following the official ``redis`` image's contract.
 
-    A password is generated per environment and set with ``--requirepass``;
-    pass ``password=""`` for a server without AUTH. Ready when ``PING`` answers.
+    A password is generated per environment and set as ``requirepass`` in a config
+    file put into the container before it starts (not on its command line, where
+    ``ps`` and ``docker inspect`` would show it); pass ``password=""`` for a server
+    without AUTH. Ready when ``PING`` answers.
     """
 
     name: str = "redis"
@@ -275,6 +350,22 @@ class Redis(Service):
     kind: ClassVar[str] = "redis"
     default_image: ClassVar[str | None] = "redis:7-alpine"
     default_timeout: ClassVar[float] = 30.0
+    url_schemes: ClassVar[tuple[str, ...]] = ("redis", "rediss")
+    example_url: ClassVar[str | None] = "redis://:password@host:6379/0"
+    local_program: ClassVar[str | None] = "redis-server"
+
+    @classmethod
+    def external_default_port(cls, scheme: str) -> int | None:
+        return 6379
+
+    def url_credentials(self, user: str | None, password: str | None, path: str) -> dict[str, str]:
+        db = unquote(path)
+        if db and not re.fullmatch(r"[0-9]+", db):
+            raise ValueError("has a path that is not a database number (redis://host:port/0)")
+        details = {"password": password if password is not None else (self.password or ""), "db": db or "0"}
+        if user:
+            details["user"] = user
+        return details
 
     @property
     def readiness_probe(self) -> Probe:
@@ -282,10 +373,23 @@ class Redis(Service):
 
     def resolve(self) -> Resolved:
         password = generate_password() if self.password is None else self.password
-        command = self.command or ("redis-server", "--save", "", "--appendonly", "no")
+        # The settings, the password among them, go in a config file the backend copies into the
+        # container: never on the command line (``ps`` on the host) nor in ``docker inspect``.
+        lines = ['save ""', "appendonly no"]
         if password:
-            command = (*command, "--requirepass", password)
-        return self._resolved(dict(self.env), command, {"password": password})
+            quoted = "".join(c if c.isprintable() and c not in '"\\' else f"\\x{ord(c):02x}" for c in password)
+            lines.append(f'requirepass "{quoted}"')
+        conf = "\n".join(lines) + "\n"
+        command = self.command or ("redis-server",)
+        if os.path.basename(command[0]) == "redis-server":
+            command = (command[0], REDIS_CONF, *command[1:])  # the file first; later arguments override it
+        elif command[0].startswith("-"):
+            command = (REDIS_CONF, *command)  # the image's entrypoint prepends redis-server
+        elif password:
+            command = (*command, "--requirepass", password)  # some other program: it gets the flag, as before
+        resolved = self._resolved(dict(self.env), command, {"password": password})
+        # 0644: the image's entrypoint drops to the redis user, who must read it.
+        return replace(resolved, files={REDIS_CONF: (conf.encode(), 0o644)})
 
     def handle_class(self) -> type[ServiceHandle]:
         from .handles import RedisHandle
@@ -311,6 +415,13 @@ class Elasticsearch(Service):
     kind: ClassVar[str] = "elasticsearch"
     default_image: ClassVar[str | None] = "docker.elastic.co/elasticsearch/elasticsearch:8.15.0"
     default_timeout: ClassVar[float] = 120.0
+    url_schemes: ClassVar[tuple[str, ...]] = ("http", "https")
+    example_url: ClassVar[str | None] = "http://host:9200"
+
+    @classmethod
+    def external_default_port(cls, scheme: str) -> int | None:
+        # As Elasticsearch's own client does; plain http needs an explicit port.
+        return 443 if scheme == "https" else None
 
     @property
     def readiness_probe(self) -> Probe:

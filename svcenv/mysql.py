@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import quote
 
-from .descriptors import Resolved, Service, _env_with, generate_password
+from .descriptors import Resolved, Service, _database_credentials, _env_with, generate_password
 from .errors import ConfigurationError, ProbeFailed
 from .handles import ServiceHandle
 from .probes import Probe, _one_line
@@ -64,6 +64,8 @@ class MySQL(Service):
     kind: ClassVar[str] = "mysql"
     default_image: ClassVar[str | None] = "mariadb:11"
     default_timeout: ClassVar[float] = 60.0
+    url_schemes: ClassVar[tuple[str, ...]] = ("mysql",)
+    local_program: ClassVar[str | None] = "mariadbd"
 
     def __post_init__(self) -> None:
         self._check_types()
@@ -108,6 +110,13 @@ class MySQL(Service):
 
     def handle_class(self) -> type[ServiceHandle]:
         return MySQLHandle
+
+    @classmethod
+    def external_default_port(cls, scheme: str) -> int | None:
+        return 3306
+
+    def url_credentials(self, user: str | None, password: str | None, path: str) -> dict[str, str]:
+        return _database_credentials(user, password, path, self.user, self.password or "", self.dbname)
 
 
 @dataclass(frozen=True)

@@ -38,8 +38,11 @@ def test_default_names_and_contracts() -> None:
     assert es_env["discovery.type"] == "single-node"
     assert es_env["xpack.security.enabled"] == "false"
     assert es_env["ES_JAVA_OPTS"] == "-Xms512m -Xmx512m"
-    assert "--requirepass" in (rd.resolve().command or ())
-    assert "--requirepass" not in (Redis(password="").resolve().command or ())
+    rd_resolved = rd.resolve()
+    rd_password = rd_resolved.secrets["password"]
+    assert rd_resolved.command == ("redis-server", "/run/svcenv/redis.conf")  # the password is in no argv
+    assert f'requirepass "{rd_password}"' in rd_resolved.files["/run/svcenv/redis.conf"][0].decode()
+    assert b"requirepass" not in Redis(password="").resolve().files["/run/svcenv/redis.conf"][0]
     assert Postgres(tuned=False, settings={"fsync": "off"}).resolve().command == ("postgres", "-c", "fsync=off")
     assert Postgres(tuned=False).resolve().command is None
     tuned = Postgres(settings={"fsync": "on", "work_mem": "8MB"}).resolve().command or ()

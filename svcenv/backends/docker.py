@@ -29,14 +29,18 @@ What svcenv does, and why:
 from __future__ import annotations
 
 import contextlib
+import io
 import ipaddress
 import os
 import subprocess
 import sys
+import tarfile
 import threading
+import time
 import urllib.parse
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import replace
+from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Any, cast
 
 from .._util import flag
@@ -112,6 +116,27 @@ def _vanished(image: str) -> Iterator[None]:
             + (" (and SVCENV_PULL=never forbids pulling it)" if never else "")
             + ". Start again."
         ) from exc
+
+
+def tar_of(files: Mapping[str, tuple[bytes, int]]) -> bytes:
+    """An in-memory tar of ``files`` (absolute container path -> (content, mode)), owned by root, to
+    extract at ``/``. It holds no directory entries: the engine creates missing parents (root, 0755)
+    and leaves existing ones (``/run``, ``/tmp``) as they are."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for path, (content, mode) in files.items():
+            info = tarfile.TarInfo(str(PurePosixPath(path).relative_to("/")))
+            info.size, info.mode, info.mtime = len(content), mode, int(time.time())
+            info.uid = info.gid = 0
+            info.uname = info.gname = "root"
+            tar.addfile(info, io.BytesIO(content))
+    return buffer.getvalue()
+
+
+def put_files(container: Container, files: Mapping[str, tuple[bytes, int]]) -> None:
+    """Copy ``files`` into the (created, maybe not started) ``container``: nothing in its argv or config."""
+    if not container.put_archive("/", tar_of(files)):
+        raise ServiceExited(f"the engine refused to copy {sorted(files)} into the container")
 
 
 class DockerInstance(Instance):
@@ -324,6 +349,13 @@ class DockerBackend(Backend):
         # the check is an ImageNotFound here, whatever SVCENV_PULL says.
         with _vanished(resolved.image):
             created = self._create_container(resolved, labels, bind, env_id)
+        if resolved.files:
+            try:
+                put_files(created, resolved.files)
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    created.remove(force=True, v=True)
+                raise
         return DockerInstance(created, self.host, resolved.ports, post_start)
 
     def _create_container(self, resolved: Resolved, labels: Mapping[str, str], bind: str, env_id: str) -> Container:

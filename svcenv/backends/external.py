@@ -37,10 +37,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import SplitResult, unquote, urlsplit
 
-from ..descriptors import Elasticsearch, Postgres, Redis, Service
+from ..descriptors import Service
 from ..errors import BackendUnavailable, ConfigurationError
 from ..handles import env_prefix
-from ..mysql import MySQL
 from .base import AttachedInstance, Backend, Instance
 
 if TYPE_CHECKING:
@@ -123,14 +122,6 @@ class _Invalid:
         return ConfigurationError(f"{self._prefix} {problem}")
 
 
-_SCHEMES: tuple[tuple[type[Service], tuple[str, ...]], ...] = (
-    (Postgres, ("postgresql", "postgres")),
-    (Redis, ("redis", "rediss")),
-    (Elasticsearch, ("http", "https")),
-    (MySQL, ("mysql",)),
-)
-
-
 def parse_url(service: Service, url: str, source: str = "the URL") -> ExternalTarget:
     """Parse and check ``url`` for ``service``; ``source`` says where it came from (for errors).
 
@@ -157,12 +148,12 @@ def parse_url(service: Service, url: str, source: str = "the URL") -> ExternalTa
 
 
 def _check_scheme(service: Service, scheme: str, invalid: _Invalid) -> str:
-    for kind, allowed in _SCHEMES:
-        if isinstance(service, kind):
-            if scheme not in allowed:
-                expected = " or ".join(f"{s}://" for s in allowed)
-                raise invalid(f"has scheme {scheme!r}; a {kind.kind} URL starts with {expected}")
-            return "postgresql" if kind is Postgres else scheme
+    allowed = service.url_schemes
+    if allowed:
+        if scheme not in allowed:
+            expected = " or ".join(f"{s}://" for s in allowed)
+            raise invalid(f"has scheme {scheme!r}; a {service.kind} URL starts with {expected}")
+        return service.canonical_url_scheme or scheme
     if not _SCHEME.fullmatch(scheme):
         raise invalid("has no valid scheme")
     return scheme
@@ -184,7 +175,7 @@ def _check_port(service: Service, scheme: str, parts: SplitResult, invalid: _Inv
     except ValueError:
         raise invalid("has a port that is not a number in 1..65535") from None
     if port is None:
-        port = _default_port(service, scheme)
+        port = service.external_default_port(scheme)
     if port is None:
         raise invalid("names no port (scheme://host:port)")
     if port == 0:
@@ -192,56 +183,22 @@ def _check_port(service: Service, scheme: str, parts: SplitResult, invalid: _Inv
     return port
 
 
-def _default_port(service: Service, scheme: str) -> int | None:
-    if isinstance(service, Postgres):
-        return 5432
-    if isinstance(service, Redis):
-        return 6379
-    if isinstance(service, MySQL):
-        return 3306
-    if isinstance(service, Elasticsearch) and scheme == "https":
-        return 443  # as Elasticsearch's own client does; plain http needs an explicit port
-    return None
-
-
 def _check_no_query(service: Service, parts: SplitResult, invalid: _Invalid) -> None:
     if parts.query:
         keys = sorted({pair.partition("=")[0] for pair in parts.query.split("&") if pair})
-        hint = "; set libpq's variables instead (PGSSLMODE, ...)" if isinstance(service, Postgres) else ""
-        raise invalid(f"has query parameters ({', '.join(keys)}), which svcenv cannot pass on{hint}")
+        raise invalid(f"has query parameters ({', '.join(keys)}), which svcenv cannot pass on{service.url_query_hint}")
     if parts.fragment:
         raise invalid("has a fragment ('#...'), which svcenv cannot pass on")
 
 
 def _credentials(service: Service, parts: SplitResult, invalid: _Invalid) -> dict[str, str]:
+    """What the URL's user, password and path give the service (the kind decides: :meth:`Service.url_credentials`)."""
     user = unquote(parts.username) if parts.username else None
     password = unquote(parts.password) if parts.password is not None else None
-    raw_path = parts.path.removeprefix("/")
-    path = unquote(raw_path)
-    if isinstance(service, (Postgres, MySQL)):
-        if "/" in raw_path:
-            raise invalid("has a path with more than a database name")
-        if "/" in path:
-            # A percent-encoded slash is part of the name; svcenv writes the name into URLs unencoded.
-            raise invalid(f"names the database {path!r}: a database name cannot contain '/' (written %2F)")
-        return {
-            "user": user or service.user,
-            # Not the generated password: it means nothing to a server svcenv did not set up.
-            "password": password if password is not None else (service.password or ""),
-            "dbname": path or service.dbname,
-        }
-    if isinstance(service, Redis):
-        if path and not re.fullmatch(r"[0-9]+", path):
-            raise invalid("has a path that is not a database number (redis://host:port/0)")
-        details = {"password": password if password is not None else (service.password or ""), "db": path or "0"}
-        if user:
-            details["user"] = user
-        return details
-    if user is not None or password is not None:
-        raise invalid(f"carries credentials, which svcenv cannot pass to a {service.kind} service")
-    if path:
-        raise invalid(f"has a path, which svcenv cannot pass to a {service.kind} service")
-    return {}
+    try:
+        return service.url_credentials(user, password, parts.path.removeprefix("/"))
+    except ValueError as exc:
+        raise invalid(str(exc)) from None
 
 
 class ExternalInstance(Instance):
@@ -338,10 +295,4 @@ class ExternalBackend(Backend):
 
 
 def _example(service: Service) -> str:
-    if isinstance(service, Postgres):
-        return "postgresql://user:password@host:5432/dbname"
-    if isinstance(service, Redis):
-        return "redis://:password@host:6379/0"
-    if isinstance(service, Elasticsearch):
-        return "http://host:9200"
-    return f"{service.scheme}://host:port"
+    return service.example_url or f"{service.scheme}://host:port"

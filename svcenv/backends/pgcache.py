@@ -41,9 +41,19 @@ if TYPE_CHECKING:
 CACHE_REPOSITORY = "svcenv-cache/postgres"
 CACHE_LABEL = "svcenv.cache"
 KEY_LABEL = "svcenv.cache-key"
-FORMAT = "3"
+FORMAT = "4"
+"""Bumped when what a cache image holds changes (4: no seed password in its metadata)."""
 DATA_DIR = "/svcenv-pgdata"
 """Where cached data lives in the image: outside the image's VOLUME, which commit skips."""
+
+SEED_PASSWORD_FILE = "/run/svcenv/seed-password"  # noqa: S105 (a path)
+"""The seed's password, for the image's ``POSTGRES_PASSWORD_FILE``; removed before the commit."""
+
+
+def seed_password() -> str:
+    """A fresh password for a cache seed (a function: tests wrap it to learn the value)."""
+    return secrets.token_urlsafe(24)
+
 
 COPY_THEN_RUN = 'set -e; cp -a "$SVCENV_PGCACHE/." "$PGDATA/"; exec "$@"'
 """Wraps the image's entrypoint: copy the cached data into the instance's tmpfs, then start as usual."""
@@ -98,7 +108,13 @@ def _build(client: DockerClient, resolved: Resolved, key: str, labels: Mapping[s
     """Run a seed container, wait until it is ready, stop it cleanly and commit it."""
     import psycopg
 
-    seed_env = {**resolved.env, "PGDATA": DATA_DIR, "POSTGRES_PASSWORD": secrets.token_urlsafe(24)}
+    from .docker import put_files
+
+    password = seed_password()
+    # The password goes in a file (the image's POSTGRES_PASSWORD_FILE), removed before the commit:
+    # `docker commit` keeps the seed's config (its env among it) in the image's metadata.
+    env = {k: v for k, v in resolved.env.items() if k != "POSTGRES_PASSWORD"}
+    seed_env = {**env, "PGDATA": DATA_DIR, "POSTGRES_PASSWORD_FILE": SEED_PASSWORD_FILE}
     seed = client.containers.create(
         resolved.image,
         environment=seed_env,
@@ -107,6 +123,7 @@ def _build(client: DockerClient, resolved: Resolved, key: str, labels: Mapping[s
         detach=True,
     )
     try:
+        put_files(seed, {SEED_PASSWORD_FILE: (password.encode(), 0o600)})  # read by the entrypoint as root
         seed.start()
         user, dbname = resolved.env["POSTGRES_USER"], resolved.env["POSTGRES_DB"]
 
@@ -121,20 +138,26 @@ def _build(client: DockerClient, resolved: Resolved, key: str, labels: Mapping[s
                 port=port,
                 user=user,
                 dbname=dbname,
-                password=seed_env["POSTGRES_PASSWORD"],
+                password=password,
                 connect_timeout=2,
             ):
                 pass
 
         # Until the deadline, a refused connection means "not yet"; then it propagates.
         poll(seed_ready, timeout, first=0.05, cap=0.05, retry_on=(psycopg.OperationalError,))
+        code, output = seed.exec_run(["rm", "-f", SEED_PASSWORD_FILE])  # read at initdb: no longer needed
+        if code != 0:
+            raise ServiceExited(
+                f"could not remove the cache seed's password file: {cast(bytes, output or b'').decode()}"
+            )
         seed.stop(timeout=30)  # SIGINT (the image's STOPSIGNAL): a clean shutdown, no recovery later
         base_env = client.images.get(resolved.image).attrs["Config"].get("Env") or []
         seed.commit(
             repository=CACHE_REPOSITORY,
             tag=key,
             conf={
-                "Env": [*base_env, f"PGDATA={DATA_DIR}"],
+                # The engine adds each seed variable this list lacks: an empty one overrides the file's path.
+                "Env": [*base_env, f"PGDATA={DATA_DIR}", "POSTGRES_PASSWORD_FILE="],
                 "Labels": {CACHE_LABEL: "true", KEY_LABEL: key, "svcenv.cache-base": resolved.image},
             },
         )

@@ -63,9 +63,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ...descriptors import Elasticsearch, Postgres, Redis, Service
+from ... import descriptors
+from ...descriptors import Redis, Service
 from ...errors import BackendUnavailable
-from ...mysql import MySQL
+from ...mysql import MySQL  # also defines the mysql kind before KINDS below is derived
 from ..base import Backend, Instance
 from ._common import INITDB_ARGS, MARKER, TMP_PREFIX, _Missing
 from .accounts import Account, _account_problem, _existing_account, server_account
@@ -114,8 +115,15 @@ __all__ = [
 
 # -- the backend ----------------------------------------------------------------------------
 
-KINDS = ("postgres", "redis", "elasticsearch", "mysql")
-_PROGRAMS = {"postgres": "postgres", "redis": "redis-server", "mysql": "mariadbd"}
+_SERVERS: dict[str, type[LocalInstance]] = {
+    "postgres": LocalPostgres,
+    "redis": LocalRedis,
+    "elasticsearch": LocalElasticsearch,
+    "mysql": LocalMySQL,
+}
+"""The kinds this backend runs, each with the server class that runs it."""
+KINDS = tuple(kind for kind in descriptors.KINDS if kind in _SERVERS)
+"""The kinds of :data:`svcenv.descriptors.KINDS` that have a local server, in the order they were defined."""
 _swept: set[Path] = set()
 
 
@@ -188,7 +196,7 @@ class LocalBackend(Backend):
         """None if this backend can run ``service`` (a descriptor or a resolved one); else the reason it cannot."""
         service = service if isinstance(service, Service) else service.service
         kind = service.kind
-        if not isinstance(service, (Postgres, Redis, Elasticsearch, MySQL)):
+        if kind not in KINDS or not isinstance(service, descriptors.KINDS[kind]):
             return (
                 f"local: cannot run service {service.name!r}: the local backend runs only postgres, redis, "
                 "elasticsearch and mysql from local installations, not images"
@@ -200,7 +208,7 @@ class LocalBackend(Backend):
             problem = mysql_account_problem() if kind == "mysql" else _account_problem()
             if problem:
                 return f"local: cannot serve {kind}: {problem}"
-        program = _PROGRAMS.get(kind)
+        program = service.local_program
         if service.command and (program is None or os.path.basename(service.command[0]) != program):
             expected = f"start with {program!r}" if program else "be left unset"
             return f"local: cannot serve {service.name!r}: its command must {expected} to run locally"

@@ -2,12 +2,44 @@
 # Emulates the official postgres image's entrypoint contract:
 #   POSTGRES_USER (default postgres), POSTGRES_PASSWORD (required unless
 #   POSTGRES_HOST_AUTH_METHOD=trust), POSTGRES_DB (default $POSTGRES_USER),
-#   POSTGRES_INITDB_ARGS, PGDATA, /docker-entrypoint-initdb.d/*.sql|*.sh,
+#   POSTGRES_INITDB_ARGS (each of these four also as *_FILE, as file_env reads them),
+#   PGDATA, /docker-entrypoint-initdb.d/*.sql|*.sh,
 #   server options as arguments ("postgres -c fsync=off"), port 5432.
 set -Eeo pipefail
 
+# usage: file_env VAR [DEFAULT]
+#    ie: file_env 'XYZ_DB_PASSWORD' 'example'
+# (will allow for "$XYZ_DB_PASSWORD_FILE" to fill in the value of
+#  "$XYZ_DB_PASSWORD" from a file, especially for Docker's secrets feature)
+# As in the official image: VAR and VAR_FILE are exclusive; VAR_FILE is unset afterwards.
+file_env() {
+	local var="$1"
+	local fileVar="${var}_FILE"
+	local def="${2:-}"
+	if [ "${!var:-}" ] && [ "${!fileVar:-}" ]; then
+		printf >&2 'error: both %s and %s are set (but are exclusive)\n' "$var" "$fileVar"
+		exit 1
+	fi
+	local val="$def"
+	if [ "${!var:-}" ]; then
+		val="${!var}"
+	elif [ "${!fileVar:-}" ]; then
+		val="$(< "${!fileVar}")"
+	fi
+	export "$var"="$val"
+	unset "$fileVar"
+}
+
 if [ "${1:0:1}" = '-' ]; then
 	set -- postgres "$@"
+fi
+
+if [ "$1" = 'postgres' ]; then
+	# Read while still root (as the official image does): the files may be root's alone.
+	file_env 'POSTGRES_PASSWORD'
+	file_env 'POSTGRES_USER' 'postgres'
+	file_env 'POSTGRES_DB' "$POSTGRES_USER"
+	file_env 'POSTGRES_INITDB_ARGS'
 fi
 
 if [ "$1" = 'postgres' ] && [ "$(id -u)" = '0' ]; then
