@@ -1,17 +1,18 @@
-"""Type checks of descriptor fields, and the hashable mapping descriptors hold."""
+"""Type checks of descriptor fields, the hashable mapping descriptors hold, and database URL parts."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import fields
 from typing import TYPE_CHECKING
+from urllib.parse import unquote
 
 from .errors import ConfigurationError
 
 if TYPE_CHECKING:
     from .descriptors import Service
 
-__all__ = ["FrozenMap", "check_types"]
+__all__ = ["FrozenMap", "check_types", "database_credentials"]
 
 
 class FrozenMap(Mapping[str, str]):
@@ -102,3 +103,24 @@ def check_types(service: Service) -> None:
         raise service._wrong("depends_on", "service names or descriptors", service.depends_on)
     if isinstance(service.tmpfs, str) or not all(isinstance(path, str) for path in service.tmpfs):
         raise service._wrong("tmpfs", "a sequence of paths", service.tmpfs)
+
+
+def database_credentials(
+    user: str | None, password: str | None, path: str, default_user: str, default_password: str, default_dbname: str
+) -> dict[str, str]:
+    """``user``/``password``/``dbname`` from a database server's URL (Postgres, MySQL).
+
+    See :meth:`Service.url_credentials`.
+    """
+    if "/" in path:
+        raise ValueError("has a path with more than a database name")
+    dbname = unquote(path)
+    if "/" in dbname:
+        # A percent-encoded slash is part of the name; svcenv writes the name into URLs unencoded.
+        raise ValueError(f"names the database {dbname!r}: a database name cannot contain '/' (written %2F)")
+    return {
+        "user": user or default_user,
+        # Not the generated password: it means nothing to a server svcenv did not set up.
+        "password": password if password is not None else default_password,
+        "dbname": dbname or default_dbname,
+    }

@@ -19,14 +19,15 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, ClassVar
 from urllib.parse import unquote
 
-from ._checks import FrozenMap, check_types
+from ._checks import FrozenMap, check_types, database_credentials
+from ._resolved import Resolved
 from .errors import ConfigurationError
 from .probes import ElasticsearchHealth, PostgresQuery, Probe, RedisPing
 
 if TYPE_CHECKING:
     from .handles import ServiceHandle
 
-__all__ = ["KINDS", "Elasticsearch", "Postgres", "Redis", "Service", "generate_password"]
+__all__ = ["KINDS", "Elasticsearch", "Postgres", "Redis", "Resolved", "Service", "generate_password"]
 
 RAM_PGDATA = "/svcenv-run"
 """Where a tuned server keeps its data in the container: a tmpfs mount (RAM, no disk I/O)."""
@@ -48,33 +49,6 @@ KINDS: dict[str, type[Service]] = {}
 def generate_password() -> str:
     """A fresh password with 192 bits from :mod:`secrets`, safe in URLs."""
     return secrets.token_urlsafe(24)
-
-
-@dataclass(frozen=True)
-class Resolved:
-    """A descriptor made concrete for one environment: image, env, command, secrets.
-
-    Backends read this; the ``secrets`` never appear in its ``repr``.
-    """
-
-    service: Service
-    image: str
-    ports: tuple[int, ...]
-    env: Mapping[str, str] = field(repr=False)
-    command: tuple[str, ...] | None
-    secrets: Mapping[str, str] = field(repr=False, default_factory=dict)
-    tmpfs: Mapping[str, str] = field(default_factory=dict)
-    entrypoint: tuple[str, ...] | None = None
-    """Replaces the image's entrypoint (None: keep it)."""
-    files: Mapping[str, tuple[bytes, int]] = field(default_factory=dict, repr=False)
-    """Files the backend puts into the container before it starts: container path -> (content, mode).
-
-    Secrets go here, not into ``command`` or ``env`` (argv shows in ``ps``, both in ``docker inspect``).
-    """
-
-    @property
-    def name(self) -> str:
-        return self.service.name
 
 
 @dataclass(frozen=True)
@@ -225,27 +199,6 @@ class Service:
         return {}
 
 
-def _database_credentials(
-    user: str | None, password: str | None, path: str, default_user: str, default_password: str, default_dbname: str
-) -> dict[str, str]:
-    """``user``/``password``/``dbname`` from a database server's URL (Postgres, MySQL).
-
-    See :meth:`Service.url_credentials`.
-    """
-    if "/" in path:
-        raise ValueError("has a path with more than a database name")
-    dbname = unquote(path)
-    if "/" in dbname:
-        # A percent-encoded slash is part of the name; svcenv writes the name into URLs unencoded.
-        raise ValueError(f"names the database {dbname!r}: a database name cannot contain '/' (written %2F)")
-    return {
-        "user": user or default_user,
-        # Not the generated password: it means nothing to a server svcenv did not set up.
-        "password": password if password is not None else default_password,
-        "dbname": dbname or default_dbname,
-    }
-
-
 def _env_with(base: Mapping[str, str], **managed: str) -> dict[str, str]:
     env = dict(base)
     env.update(managed)
@@ -302,7 +255,7 @@ class Postgres(Service):
         return 5432
 
     def url_credentials(self, user: str | None, password: str | None, path: str) -> dict[str, str]:
-        return _database_credentials(user, password, path, self.user, self.password or "", self.dbname)
+        return database_credentials(user, password, path, self.user, self.password or "", self.dbname)
 
     @property
     def server_settings(self) -> dict[str, str]:

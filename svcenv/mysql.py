@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import quote
 
-from .descriptors import Resolved, Service, _database_credentials, _env_with, generate_password
+from ._checks import database_credentials
+from .descriptors import Resolved, Service, _env_with, generate_password
 from .errors import ConfigurationError, ProbeFailed
 from .handles import ServiceHandle
 from .probes import Probe, _one_line
@@ -116,7 +117,7 @@ class MySQL(Service):
         return 3306
 
     def url_credentials(self, user: str | None, password: str | None, path: str) -> dict[str, str]:
-        return _database_credentials(user, password, path, self.user, self.password or "", self.dbname)
+        return database_credentials(user, password, path, self.user, self.password or "", self.dbname)
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 
 from svcenv import ConfigurationError, Elasticsearch, Environment, Postgres, Redis, Service
-from svcenv.backends.docker import engine_host
+from svcenv.backends.docker_host import engine_host
 from svcenv.probes import HTTP, TCP, AllOf, LogLine
 
 

@@ -43,7 +43,8 @@ from ..errors import ConfigurationError, SvcenvError
 from ._common import EXIT_FAILED, EXIT_USAGE, Failed, UsageError, say
 from ._parser import build_parser
 from ._records import cmd_down, cmd_env, cmd_logs, cmd_prune, cmd_status
-from ._start import cmd_run, cmd_up
+from ._run import cmd_run
+from ._start import cmd_up
 from ._tools import cmd_cache, cmd_doctor
 
 __all__ = ["main"]

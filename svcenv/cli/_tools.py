@@ -38,7 +38,8 @@ def _image_missing(backend: Backend, service: Service) -> str | None:
     """``None`` if the docker image of ``service`` is on the engine, else what happens about it."""
     import os
 
-    from ..backends.docker import DockerBackend, hub_image
+    from ..backends.docker import DockerBackend
+    from ..backends.docker_host import hub_image
 
     if not isinstance(backend, DockerBackend) or not service.effective_image:
         return None
