@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from .backends.base import Instance
     from .descriptors import Elasticsearch, Postgres, Redis, Resolved, Service
 
-__all__ = ["ElasticsearchHandle", "PostgresHandle", "RedisHandle", "ServiceHandle", "env_prefix"]
+__all__ = ["DatabaseHandle", "ElasticsearchHandle", "PostgresHandle", "RedisHandle", "ServiceHandle", "env_prefix"]
 
 
 class ServiceHandle:
@@ -129,14 +129,15 @@ class ServiceHandle:
         return f"<{type(self).__name__} {self.name!r} {self.backend} {address} image={self.image!r}>"
 
 
-class PostgresHandle(ServiceHandle):
-    """A running Postgres: ``connect()``, ``url``, ``user``, ``password``, ``dbname``."""
+class DatabaseHandle(ServiceHandle):
+    """A running database server with a user, a password and databases (Postgres, MySQL)."""
 
-    descriptor: Postgres
+    url_scheme = "postgresql"
+    """The scheme of :meth:`url_for`."""
 
     @property
     def user(self) -> str:
-        return self._connection("user", self.descriptor.user)
+        return self._connection("user", getattr(self.descriptor, "user", ""))
 
     @property
     def password(self) -> str:
@@ -144,19 +145,25 @@ class PostgresHandle(ServiceHandle):
 
     @property
     def dbname(self) -> str:
-        return self._connection("dbname", self.descriptor.dbname)
+        return self._connection("dbname", getattr(self.descriptor, "dbname", ""))
 
     def url_for(self, dbname: str) -> str:
         """The URL of another database on the same server."""
         return (
-            f"postgresql://{quote(self.user, safe='')}:{quote(self.password, safe='')}"
+            f"{self.url_scheme}://{quote(self.user, safe='')}:{quote(self.password, safe='')}"
             f"@{self.host}:{self.port}/{quote(dbname, safe='')}"
         )
 
     @property
     def url(self) -> str:
-        """``postgresql://user:password@host:port/dbname``."""
+        """``scheme://user:password@host:port/dbname``."""
         return self.url_for(self.dbname)
+
+
+class PostgresHandle(DatabaseHandle):
+    """A running Postgres: ``connect()``, ``url``, ``user``, ``password``, ``dbname``."""
+
+    descriptor: Postgres
 
     def connect(self, dbname: str | None = None, **kwargs: Any) -> psycopg.Connection[Any]:
         """A new :class:`psycopg.Connection` (keyword arguments go to ``psycopg.connect``)."""

@@ -16,12 +16,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
-from urllib.parse import quote
 
 from ._checks import database_credentials
 from .descriptors import Resolved, Service, _env_with, generate_password
 from .errors import ConfigurationError, ProbeFailed
-from .handles import ServiceHandle
+from .handles import DatabaseHandle, ServiceHandle
 from .probes import Probe, _one_line
 
 if TYPE_CHECKING:
@@ -145,39 +144,16 @@ class MySQLQuery(Probe):
             raise ProbeFailed(f"mysql: {_one_line(exc)}") from exc
 
 
-class MySQLHandle(ServiceHandle):
+class MySQLHandle(DatabaseHandle):
     """A running MySQL/MariaDB: ``connect()``, ``url``, ``user``, ``password``, ``root_password``, ``dbname``."""
 
     descriptor: MySQL
-
-    @property
-    def user(self) -> str:
-        return self._connection("user", self.descriptor.user)
-
-    @property
-    def password(self) -> str:
-        return self._connection("password", self._resolved.secrets["password"])
+    url_scheme = "mysql"
 
     @property
     def root_password(self) -> str:
         """The root password ("" when unknown, e.g. for an external server)."""
         return self._connection("root_password", self._resolved.secrets.get("root_password", ""))
-
-    @property
-    def dbname(self) -> str:
-        return self._connection("dbname", self.descriptor.dbname)
-
-    def url_for(self, dbname: str) -> str:
-        """The URL of another database on the same server."""
-        return (
-            f"mysql://{quote(self.user, safe='')}:{quote(self.password, safe='')}"
-            f"@{self.host}:{self.port}/{quote(dbname, safe='')}"
-        )
-
-    @property
-    def url(self) -> str:
-        """``mysql://user:password@host:port/dbname``."""
-        return self.url_for(self.dbname)
 
     def connect(self, dbname: str | None = None, **kwargs: Any) -> pymysql.connections.Connection[Any]:
         """A new PyMySQL connection (keyword arguments go to ``pymysql.connect``)."""
