@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import logging
 import queue
 import re
 import secrets
@@ -188,7 +189,7 @@ class PostgresTemplate:
                 try:
                     task = self._tasks.get(timeout=0.02 if drops else None)
                 except queue.Empty:
-                    _drop(admin, drops.pop(0))
+                    self._drop_quietly(admin, drops.pop(0))
                     continue
                 if task is None:
                     break
@@ -203,9 +204,17 @@ class PostgresTemplate:
                 except Exception as exc:
                     self._ready.put(exc)
             for name in drops:
-                _drop(admin, name)
+                self._drop_quietly(admin, name)
         finally:
             admin.close()
+
+    def _drop_quietly(self, admin: psycopg.Connection[Any], name: str) -> None:
+        """Drop a used clone; a failure (the server went away) must not end the worker, whose clone
+        requests then fail at once with the server's error instead of leaving tests waiting."""
+        try:
+            _drop(admin, name)
+        except Exception as exc:
+            logging.getLogger("svcenv").warning("could not drop test database %s: %s", name, exc)
 
     def acquire(self, timeout: float = 60.0) -> tuple[str, psycopg.Connection[Any] | None]:
         """A fresh database (name, and an open connection to it when prefetched).
