@@ -32,14 +32,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..._util import NotYet, file_lock, poll
+from ..._util import NotYet, poll
 from ...errors import BackendUnavailable, ServiceExited
 from ...mysql import MySQL
 from ._common import COMMAND_TIMEOUT_S, MARKER, TMP_PREFIX, _executable, _Missing, _run
 from .accounts import Account, _account_problem, _chown, _existing_account, server_account
-from .places import _write_marker, cache_root, tmp_base
+from .places import _write_marker, tmp_base
 from .servers import _InstalledServer
-from .template import _copy_tree
+from .template import _copy_tree, cached_data_dir
 
 __all__ = [
     "LocalMySQL",
@@ -209,18 +209,8 @@ def mariadb_template(install: MySQLInstall, account: Account | None) -> tuple[Pa
     Returns ``(data directory, whether this call built it)``; concurrent callers wait for one build.
     """
     socket_user = _socket_user()
-    root = cache_root()
-    root.mkdir(parents=True, exist_ok=True)
-    final = root / f"mariadb-{install.version}-{_template_key(install, account, socket_user)}"
-    if (final / MARKER).is_file():
-        return final / "data", False
-    with file_lock(root / f"{final.name}.lock"):
-        if (final / MARKER).is_file():
-            return final / "data", False
-        for leftover in root.glob(f"{final.name}.build-*"):
-            shutil.rmtree(leftover, ignore_errors=True)  # a build that died; we hold the lock
-        _build_template(install, account, socket_user, final)
-    return final / "data", True
+    name = f"mariadb-{install.version}-{_template_key(install, account, socket_user)}"
+    return cached_data_dir(name, lambda final: _build_template(install, account, socket_user, final))
 
 
 def _build_template(install: MySQLInstall, account: Account | None, socket_user: str, final: Path) -> None:

@@ -9,6 +9,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from ..._util import file_lock
@@ -69,9 +70,19 @@ def postgres_template(install: PostgresInstall, account: Account | None, user: s
     Returns ``(data directory, whether this call built it)``. Concurrent callers,
     in this or other processes, wait for one build under a file lock.
     """
+    name = f"pg-{install.version}-{_template_key(install, account, user, dbname)}"
+    return cached_data_dir(name, lambda final: _build_template(install, account, user, dbname, final))
+
+
+def cached_data_dir(name: str, build: Callable[[Path], None]) -> tuple[Path, bool]:
+    """``<cache>/<name>/data``, made by ``build(final)`` once, under a file lock, if it is not there yet.
+
+    Returns ``(data directory, whether this call built it)``. Concurrent callers, in this or
+    other processes, wait for one build; the leftovers of a build that died are removed first.
+    """
     root = cache_root()
     root.mkdir(parents=True, exist_ok=True)
-    final = root / f"pg-{install.version}-{_template_key(install, account, user, dbname)}"
+    final = root / name
     if (final / MARKER).is_file():
         return final / "data", False
     with file_lock(root / f"{final.name}.lock"):
@@ -79,7 +90,7 @@ def postgres_template(install: PostgresInstall, account: Account | None, user: s
             return final / "data", False
         for leftover in root.glob(f"{final.name}.build-*"):
             shutil.rmtree(leftover, ignore_errors=True)  # a build that died; we hold the lock
-        _build_template(install, account, user, dbname, final)
+        build(final)
     return final / "data", True
 
 
