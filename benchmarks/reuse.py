@@ -11,7 +11,7 @@ to "both services answer (``SELECT 1``, ``PING``) and their variables are known"
     ``Environment(Postgres(), Redis()).start()``: two fresh containers (Postgres
     from the pre-initialised image, data on tmpfs). Teardown is not timed.
 ``warm``
-    ``Reuser(...).acquire([Postgres(), Redis()])`` with both services recorded:
+    ``Environment(Postgres(), Redis(), reuse=Reuse(...))`` with both services recorded:
     per service, lock the hash, read the 0600 state file, check the container
     runs with that hash label, attach, and run the readiness probe once.
 ``cold-cli`` / ``warm-cli``
@@ -44,7 +44,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from svcenv import Environment, Postgres, Redis
-from svcenv.reuse import Reuser
+from svcenv.reuse import Reuse
 from svcenv.state import StateDir
 
 METHODS = ("cold", "warm", "cold-cli", "warm-cli")
@@ -100,13 +100,14 @@ def main() -> int:
 
     def warm() -> float:
         begin = time.perf_counter()
-        reuser = Reuser(store, project)
-        acquired = reuser.acquire([Postgres(), Redis()])
-        _check(acquired.env)
-        took = time.perf_counter() - begin
-        reuser.close()
-        if set(acquired.outcomes.values()) != {"attached"}:
-            raise RuntimeError(f"warm round did not attach: {acquired.outcomes}")
+        env = Environment(Postgres(), Redis(), reuse=Reuse(store, project)).start()
+        try:
+            _check(env)
+            took = time.perf_counter() - begin
+        finally:
+            env.stop()
+        if set(env.outcomes.values()) != {"attached"}:
+            raise RuntimeError(f"warm round did not attach: {env.outcomes}")
         return took
 
     def cli(*flags: str) -> float:
@@ -128,8 +129,8 @@ def main() -> int:
         "warm-cli": lambda: cli("--force-reuse"),
     }
     try:
-        primed = Reuser(store, project).acquire([Postgres(), Redis()])  # start the reused services, untimed
-        _check(primed.env)
+        with Environment(Postgres(), Redis(), reuse=Reuse(store, project)) as primed:  # start them, untimed
+            _check(primed)
         for round_no in range(args.rounds):
             order = METHODS[round_no % len(METHODS) :] + METHODS[: round_no % len(METHODS)]
             for method in order:

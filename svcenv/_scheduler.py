@@ -15,11 +15,11 @@ import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from ._util import env_prefix
 from .backends import choose, requested_backend
-from .backends.base import LABEL_ENVIRONMENT, Backend, Instance
+from .backends.base import LABEL_ENVIRONMENT, LABEL_SERVICE, Backend, Instance
 from .descriptors import Service
 from .errors import (
     BackendUnavailable,
@@ -31,6 +31,10 @@ from .errors import (
 )
 from .handles import ServiceHandle
 from .probes import wait_until_ready
+
+if TYPE_CHECKING:
+    from .reuse import Reuse
+    from .state import Record
 
 log = logging.getLogger("svcenv")
 LOG_TAIL_LINES = 25
@@ -99,12 +103,17 @@ class _Scheduler:
     _failed: set[str]
     _workers: list[Future[None]]
     _t0: float
+    _reuse: Reuse | None
+    _keep: bool
+    _kept: set[str]
+    _outcomes: dict[str, str]
+    _entries: dict[str, Record]
+
+    def _entry(self, name: str, reuse_hash: str | None = None) -> Record:
+        raise NotImplementedError  # Environment's
 
     def _start_one(self, service: Service) -> None:
         name = service.name
-        instance: Instance | None = None
-        resolved = None
-        backend = self._backends[name]
         try:
             for dep in service.depends_on:
                 while not self._ready[dep].wait(0.05):
@@ -112,9 +121,55 @@ class _Scheduler:
                         raise _Cancelled
             if self._cancel.is_set():
                 raise _Cancelled
+            if self._reuse is not None and self._backends[name].reusable:
+                self._reuse_or_start(service, self._reuse)
+            else:
+                self._start_new(service, self.labels)
+            self._ready[name].set()
+        except BaseException:
+            self._failed.add(name)
+            raise
+
+    def _reuse_or_start(self, service: Service, reuse: Reuse) -> None:
+        """Attach to the recorded service of this configuration, or start one and record it."""
+        name = service.name
+        backend = self._backends[name]
+        digest = reuse.digest(service)
+        try:
+            with reuse.lock(digest, self._cancel):
+                begin = self._now()
+                found = reuse.find(service, backend, digest, self._cancel)
+                if found is not None:
+                    handle, entry = found
+                    with self._lock:
+                        self._instances[name] = handle._instance  # stop() leaves an attached service
+                        self._handles[name] = handle
+                        self._entries[name] = entry
+                        self._outcomes[name] = "attached"
+                        self._kept.add(name)
+                        now = self._now()
+                        self._timings[name] = ServiceTiming(name, backend.name, begin, now, now, now, 1)
+                    return
+                self._start_new(service, {**self.labels, **reuse.labels(digest)})
+                entry = self._entry(name, digest)
+                reuse.record(entry, digest)
+                with self._lock:
+                    self._entries[name] = entry
+                    self._outcomes[name] = "kept"
+                    self._kept.add(name)
+        except InterruptedError:
+            raise _Cancelled from None
+
+    def _start_new(self, service: Service, labels: Mapping[str, str]) -> None:
+        """Create and start ``service`` with ``labels``, and wait until it is ready."""
+        name = service.name
+        instance: Instance | None = None
+        resolved = None
+        backend = self._backends[name]
+        try:
             resolved = service.resolve()
             begin = self._now()
-            instance = backend.create(resolved, self.labels)
+            instance = backend.create(resolved, labels)
             with self._lock:
                 self._instances[name] = instance
             created = self._now()
@@ -138,16 +193,16 @@ class _Scheduler:
                 raise _Cancelled
             with self._lock:
                 self._handles[name] = handle
+                self._outcomes[name] = "started"
                 self._timings[name] = ServiceTiming(name, backend.name, begin, created, started, self._now(), attempts)
-            self._ready[name].set()
         except (_Cancelled, _Failure):
-            self._failed.add(name)
+            self._stop_if_cancelled(instance)
             raise
         except ServiceExited as exc:
-            self._failed.add(name)
+            self._stop_if_cancelled(instance)
             raise _Failure(self._failure(service, resolved.image if resolved else None, instance, str(exc))) from exc
         except Exception as exc:
-            self._failed.add(name)
+            self._stop_if_cancelled(instance)
             image = resolved.image if resolved else None
             said = " ".join(str(exc).split()) or type(exc).__name__
             reason = (
@@ -156,10 +211,11 @@ class _Scheduler:
                 else (f"{'could not be created' if instance is None else 'could not be started'}: {said}")
             )
             raise _Failure(self._failure(service, image, instance, reason)) from exc
-        finally:
-            if name in self._failed and instance is not None and self._cancel.is_set():
-                # The teardown may already have passed this instance; removing twice is safe.
-                _quietly(instance.stop)
+
+    def _stop_if_cancelled(self, instance: Instance | None) -> None:
+        if instance is not None and self._cancel.is_set():
+            # The teardown may already have passed this instance; removing twice is safe.
+            _quietly(instance.stop)
 
     def _failure(self, service: Service, image: str | None, instance: Instance | None, reason: str) -> ServiceFailure:
         tail = ""
@@ -192,7 +248,7 @@ class _Scheduler:
         # Let start workers notice the cancel (they remove what they are creating).
         interrupted = _wait_shielded(lambda: wait(self._workers, timeout=_left(deadline)), None)
         with self._lock:
-            instances = list(self._instances.items())
+            instances = [(n, i) for n, i in self._instances.items() if n not in self._kept]
         problems: list[str] = []
         stopper = ThreadPoolExecutor(max_workers=max(1, len(instances)), thread_name_prefix="svcenv-stop")
         futures = {stopper.submit(instance.stop): name for name, instance in instances}
@@ -205,8 +261,14 @@ class _Scheduler:
                 problems.append(f"{name}: {future.exception()}")
         # A sweep by label also catches what was created but never registered.
         for backend in set(self._backends.values()):
+            names = [n for n, b in self._backends.items() if b is backend]
+            kept = [n for n in names if n in self._kept]
             try:
-                backend.cleanup({LABEL_ENVIRONMENT: self.id})
+                if not kept:
+                    backend.cleanup({LABEL_ENVIRONMENT: self.id})
+                else:  # kept services outlive the environment: sweep the others one by one
+                    for name in set(names) - set(kept):
+                        backend.cleanup({LABEL_ENVIRONMENT: self.id, LABEL_SERVICE: name})
             except Exception as exc:
                 problems.append(f"{backend.name} cleanup: {exc}")
             backend.close()

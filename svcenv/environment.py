@@ -10,7 +10,6 @@ import time
 import warnings
 from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
-from dataclasses import replace
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, overload
 
@@ -26,18 +25,21 @@ from ._scheduler import (
 from ._version import __version__
 from .backends.base import (
     LABEL_ENVIRONMENT,
+    LABEL_KEEP,
     LABEL_OWNER_PID,
     LABEL_VERSION,
-    AttachedInstance,
     Backend,
     Instance,
 )
 from .descriptors import Elasticsearch, Postgres, Redis, Service
-from .errors import ConfigurationError, ServiceNotFound, ServiceStartError
-from .handles import ElasticsearchHandle, PostgresHandle, RedisHandle, ServiceHandle
+from .errors import BackendUnavailable, ConfigurationError, ServiceNotFound, ServiceStartError
+from .handles import ElasticsearchHandle, PostgresHandle, RedisHandle, ServiceHandle, attached_handle
 
 if TYPE_CHECKING:
     from typing_extensions import Self
+
+    from .reuse import Reuse
+    from .state import Record
 
 __all__ = ["Environment", "ServiceTiming", "TeardownWarning"]
 
@@ -76,6 +78,8 @@ class Environment(_Scheduler):
         timeout: float | None = None,
         teardown_timeout: float = 30.0,
         labels: Mapping[str, str] | None = None,
+        reuse: Reuse | bool = False,
+        keep: bool = False,
     ) -> None:
         if timeout is not None and not 0 < timeout < math.inf:
             raise ConfigurationError(f"Environment timeout must be a finite number of seconds > 0, got {timeout!r}")
@@ -102,6 +106,17 @@ class Environment(_Scheduler):
             LABEL_OWNER_PID: str(os.getpid()),
             LABEL_VERSION: __version__,
         }
+        if reuse is True:
+            from .reuse import Reuse
+
+            reuse = Reuse()
+        self._reuse = reuse or None
+        self._keep = keep
+        if keep:
+            self.labels[LABEL_KEEP] = "true"
+        self._kept: set[str] = set()
+        self._outcomes: dict[str, str] = {}
+        self._entries: dict[str, Record] = {}
         self._backends: dict[str, Backend] = {}
         self._instances: dict[str, Instance] = {}
         self._handles: dict[str, ServiceHandle] = {}
@@ -126,6 +141,7 @@ class Environment(_Scheduler):
         self._t0 = time.monotonic()
         try:
             self._backend_for_all()
+            self._check_outlives()
             executor = ThreadPoolExecutor(max_workers=max(1, len(self._services)), thread_name_prefix="svcenv")
             try:
                 self._workers = [executor.submit(self._start_one, s) for s in self._services.values()]
@@ -146,8 +162,29 @@ class Environment(_Scheduler):
             self._cancel.set()
             self.stop()
             raise
+        if self._keep:
+            self.keep()
         self._state = "running"
         return self
+
+    def _check_outlives(self) -> None:
+        """``keep`` and ``reuse`` need services that outlive this process: say which cannot, before starting."""
+        if not (self._keep or self._reuse):
+            return
+        from .backends import requested_backend
+
+        for name, backend in self._backends.items():
+            if backend.outlives_owner:
+                continue
+            why = "--detach/keep" if self._keep else "reuse"
+            message = (
+                f"service {name!r} would run on the {backend.name} backend, whose servers end with the process "
+                f"that started them; {why} needs docker (or external)"
+            )
+            choice = self._backend_choice if not isinstance(self._backend_choice, Backend) else backend.name
+            if requested_backend(self._services[name], choice) == backend.name:
+                raise ConfigurationError(message + f". Run without {why}, or with backend docker.")
+            raise BackendUnavailable(message + ", and no Docker engine answers here")
 
     def stop(self) -> None:
         """Remove every service, in parallel and bounded in time. Safe to call again."""
@@ -174,13 +211,25 @@ class Environment(_Scheduler):
         if interrupted is not None:
             raise interrupted
 
-    def disown(self) -> None:
-        """Let the services outlive this process, e.g. to keep them for a later run.
+    def keep(self) -> None:
+        """Leave every service running when this environment stops, and when this process dies.
 
-        Docker containers are otherwise removed by a reaper when the owning
-        process dies. ``stop()`` still removes them. Local processes always end
-        with their owner.
+        For services a later run attaches to (``up --detach``, ``--svcenv-keep``).
+        ``keep=True`` at construction does the same and also labels the containers
+        ``svcenv.keep=true``, so ``prune`` spares them. Raises
+        :class:`~svcenv.ConfigurationError` if a service's backend cannot let it
+        outlive this process (the local backend's servers end with it).
         """
+        for name, backend in self._backends.items():
+            if not backend.outlives_owner:
+                raise ConfigurationError(
+                    f"service {name!r} runs on the {backend.name} backend, whose servers end with this process"
+                )
+        with self._lock:
+            self._kept.update(self._handles)
+            for name in self._handles:
+                if name not in self._entries:  # reused ones say how they came
+                    self._outcomes[name] = "kept"
         for backend in set(self._backends.values()):
             backend.disown()
 
@@ -283,18 +332,20 @@ class Environment(_Scheduler):
 
         Whoever stores it must protect it as a secret (svcenv writes such files with mode 0600).
         """
-        services = {}
-        for handle in self:
-            services[handle.name] = {
-                "backend": handle.backend,
-                "id": handle.id,
-                "host": handle.host,
-                "image": handle.image,
-                "ports": {str(k): v for k, v in handle.ports.items()},
-                "secrets": dict(handle._resolved.secrets),
-                "credentials": dict(handle._instance.credentials),
-            }
+        services = {handle.name: self._snapshot_of(handle) for handle in self}
         return {"id": self.id, "owner_pid": os.getpid(), "version": __version__, "services": services}
+
+    @staticmethod
+    def _snapshot_of(handle: ServiceHandle) -> dict[str, Any]:
+        return {
+            "backend": handle.backend,
+            "id": handle.id,
+            "host": handle.host,
+            "image": handle.image,
+            "ports": {str(k): v for k, v in handle.ports.items()},
+            "secrets": dict(handle._resolved.secrets),
+            "credentials": dict(handle._instance.credentials),
+        }
 
     @classmethod
     def attach(cls, snapshot: Mapping[str, Any], *services: Service) -> Environment:
@@ -310,13 +361,26 @@ class Environment(_Scheduler):
             entry = snapshot["services"].get(service.name)
             if entry is None:
                 raise ServiceNotFound(f"environment {env.id} runs {sorted(snapshot['services'])}, not {service.name!r}")
-            resolved = replace(service.resolve(), image=entry["image"], secrets=dict(entry["secrets"]))
-            ports = {int(k): int(v) for k, v in entry["ports"].items()}
-            instance = AttachedInstance(entry["backend"], entry["id"], entry["host"], ports, entry.get("credentials"))
-            env._handles[service.name] = service.handle_class()(resolved, instance)
+            env._handles[service.name] = attached_handle(service, entry)
         env._state = "running"
         env._attached = True
         return env
+
+    @property
+    def outcomes(self) -> Mapping[str, str]:
+        """How each service came, after ``start()``: ``started`` (removed at stop), ``kept`` (started and
+        left running: ``keep`` or recorded for reuse) or ``attached`` (a reused service that already ran)."""
+        return {n: self._outcomes[n] for n in self._services if n in self._outcomes}
+
+    def records(self) -> dict[str, Record]:
+        """What a state file keeps of each running service (an *entry*; see :mod:`svcenv.state`), secrets included."""
+        return {handle.name: self._entries.get(handle.name) or self._entry(handle.name) for handle in self}
+
+    def _entry(self, name: str, reuse_hash: str | None = None) -> Record:
+        from .recorded import entry_of
+
+        handle = self._handles[name]
+        return entry_of(handle, self._snapshot_of(handle), self.id, reuse_hash)
 
     @property
     def attached(self) -> bool:

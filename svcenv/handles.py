@@ -241,3 +241,17 @@ class ElasticsearchHandle(ServiceHandle):
 
     def conventional_env_vars(self) -> dict[str, str]:
         return {"ELASTICSEARCH_URL": self.url}
+
+
+def attached_handle(service: Service, snapshot: Mapping[str, Any], instance: Instance | None = None) -> ServiceHandle:
+    """A handle for a service another process started, from its part of an environment snapshot.
+
+    ``instance``: the backend's view of it (see :meth:`Backend.attach`), else one
+    that knows only the snapshot's address.
+    """
+    from dataclasses import replace
+
+    from .backends.base import AttachedInstance
+
+    resolved = replace(service.resolve(), image=snapshot["image"], secrets=dict(snapshot["secrets"]))
+    return service.handle_class()(resolved, instance or AttachedInstance.from_snapshot(snapshot))

@@ -13,6 +13,11 @@ LABEL_ENVIRONMENT = "svcenv.environment"
 LABEL_OWNER_PID = "svcenv.owner-pid"
 LABEL_VERSION = "svcenv.version"
 LABEL_SERVICE = "svcenv.service"
+LABEL_KEEP = "svcenv.keep"
+"""``true``: the service outlives its environment (kept, detached or reused); reapers and sweeps spare it."""
+LABEL_REUSE_HASH = "svcenv.reuse-hash"
+LABEL_STATE_DIR = "svcenv.state-dir"
+LABEL_PROJECT = "svcenv.project"
 
 
 class Instance(ABC):
@@ -102,6 +107,8 @@ class Backend(ABC):
     name: str
     outlives_owner: ClassVar[bool] = False
     """Whether its services can outlive the process that started them (keep, detach, reuse)."""
+    reusable: ClassVar[bool] = False
+    """Whether a later run may attach to its services by configuration (``Environment(reuse=...)``)."""
 
     @abstractmethod
     def check(self) -> None:

@@ -185,6 +185,7 @@ class DockerBackend(Backend):
 
     name = "docker"
     outlives_owner = True  # containers run on the engine, not in this process
+    reusable = True
 
     def __init__(self) -> None:
         self._client: DockerClient | None = None

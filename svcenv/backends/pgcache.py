@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, cast
 from .._paths import cache_dir
 from .._util import NotYet, file_lock, flag, poll
 from ..errors import ServiceExited
+from .base import LABEL_ENVIRONMENT, LABEL_OWNER_PID, LABEL_VERSION
 
 if TYPE_CHECKING:
     from docker import DockerClient
@@ -115,10 +116,14 @@ def _build(client: DockerClient, resolved: Resolved, key: str, labels: Mapping[s
     # `docker commit` keeps the seed's config (its env among it) in the image's metadata.
     env = {k: v for k, v in resolved.env.items() if k != "POSTGRES_PASSWORD"}
     seed_env = {**env, "PGDATA": DATA_DIR, "POSTGRES_PASSWORD_FILE": SEED_PASSWORD_FILE}
+    # `docker commit` merges the seed's labels into the image, and every container of the image
+    # inherits them: only the labels that let a crashed owner's reaper find the seed go on it,
+    # never svcenv.keep, a state dir or the builder's own SVCENV_LABELS.
+    seed_labels = {k: labels[k] for k in (LABEL_ENVIRONMENT, LABEL_OWNER_PID, LABEL_VERSION) if k in labels}
     seed = client.containers.create(
         resolved.image,
         environment=seed_env,
-        labels={**labels, "svcenv.service": f"{resolved.name}-cache-seed"},
+        labels={**seed_labels, "svcenv.service": f"{resolved.name}-cache-seed"},
         ports={"5432/tcp": cast(Any, ("127.0.0.1",))},
         detach=True,
     )

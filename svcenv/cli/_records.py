@@ -31,7 +31,7 @@ from ._common import (
 
 def cmd_down(args: argparse.Namespace) -> int:
     """Remove detached environments and reused services (this project's, or all)."""
-    from ..reuse import remove_entry
+    from ..recorded import remove_entry
 
     config = None if args.all else project_config(args)
     store = StateDir()
@@ -92,7 +92,7 @@ def _project_entries(store: StateDir, config: ProjectConfig) -> dict[str, Record
 
 def cmd_env(args: argparse.Namespace) -> int:
     """Print the variables of this project's running environment."""
-    from ..reuse import attach_entries
+    from ..recorded import attach_entries
 
     config = project_config(args)
     variables = attach_entries(_project_entries(StateDir(), config)).env_vars()
@@ -130,7 +130,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     """Print recorded environments and reused services with their health."""
-    from ..reuse import attach_entries, health
+    from ..recorded import attach_entries, health
 
     store = StateDir()
     records = store.environments()
@@ -167,7 +167,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_prune(args: argparse.Namespace) -> int:
     """Remove containers, records and local dirs whose owner is gone (sparing recorded kept ones)."""
     from ..backends.docker_records import PruneIncomplete
-    from ..reuse import container_state, remove_entry
+    from ..recorded import container_state, remove_entry
 
     store = StateDir()
     backends = LazyBackends()
@@ -225,8 +225,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
 def _still_wanted() -> Callable[[Mapping[str, str]], bool]:
     """Whether a container must survive ``prune``: its owner lives, or it is kept and still recorded."""
-    from ..backends.base import LABEL_ENVIRONMENT, LABEL_OWNER_PID
-    from ..reuse import LABEL_KEEP, LABEL_STATE_DIR
+    from ..backends.base import LABEL_ENVIRONMENT, LABEL_KEEP, LABEL_OWNER_PID, LABEL_STATE_DIR
 
     references: dict[str, set[str] | None] = {}
 

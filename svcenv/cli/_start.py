@@ -9,11 +9,10 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import FrameType
 
-from ..backends import Backend
 from ..config import ProjectConfig
 from ..descriptors import Service
 from ..environment import Environment
@@ -39,18 +38,27 @@ class Running:
     """Services this CLI process started or attached to."""
 
     env: Environment
-    """Handles and variables (an attached environment when services are reused)."""
-    entries: dict[str, Record]
-    outcomes: dict[str, str]
-    seconds: dict[str, float]
-    stop: Callable[[], None]
-    """Removes what is not reused; reused services stay."""
-    disown: Callable[[], None]
     reused: bool = False
     command_status: int | None = None
     """``run``: the exit status of CMD once it has ended (the teardown then reports it)."""
     late_signals: list[int] = field(default_factory=list)
     """SIGINT/SIGTERM that arrived after CMD ended or during the teardown (they do not cut it short)."""
+
+    @property
+    def entries(self) -> dict[str, Record]:
+        return self.env.records()
+
+    @property
+    def outcomes(self) -> Mapping[str, str]:
+        return self.env.outcomes
+
+    @property
+    def seconds(self) -> dict[str, float]:
+        return {name: t.total_s for name, t in self.env.timings.items()}
+
+    def stop(self) -> None:
+        """Removes what is not kept or reused; those stay."""
+        self.env.stop()
 
 
 def _reuse_wanted(args: argparse.Namespace, config: ProjectConfig) -> bool:
@@ -69,31 +77,12 @@ def select_services(config: ProjectConfig, names: Sequence[str]) -> list[Service
     return config.descriptors(names, apply_defaults=False)  # --backend/--timeout, else the file's, apply
 
 
-def _refuse_local(services: Sequence[Service], backend: str | None) -> None:
-    """``--detach`` needs servers that outlive the CLI: local ones end with their owner."""
-    from ..backends import choose, requested_backend
-
-    made: dict[str, Backend] = {}
-    try:
-        for service in services:
-            if choose(service, requested_backend(service, backend), made).name == "local":
-                raise UsageError(
-                    f"service {service.name!r} would run on the local backend, whose servers end with the "
-                    "process that started them; --detach needs docker (or external). "
-                    "Use `up` in the foreground, or --backend docker."
-                )
-    finally:
-        for made_backend in made.values():
-            made_backend.close()
-
-
 def _start(args: argparse.Namespace, config: ProjectConfig, store: StateDir, detach: bool) -> Running:
     """Start (or attach to) the requested services with live progress; raises on failure or Ctrl-C."""
-    from ..reuse import LABEL_KEEP, LABEL_PROJECT, LABEL_STATE_DIR, Reuser, entries_from, prewarm
+    from ..backends.base import LABEL_PROJECT, LABEL_STATE_DIR
+    from ..reuse import Reuse
 
     services = select_services(config, args.services)
-    backend = args.backend or config.backend
-    timeout = args.timeout or config.timeout
     reuse = _reuse_wanted(args, config)
     requested = list(args.services)
     extra = [s.name for s in services if requested and s.name not in requested]
@@ -105,42 +94,25 @@ def _start(args: argparse.Namespace, config: ProjectConfig, store: StateDir, det
         LABEL_STATE_DIR: str(store.root),
     }
     progress = Progress([s.name for s in services])
-    names = ", ".join(s.name for s in services)
-    say(f"starting {names}{' (reuse)' if reuse else ''} ...")
-    if reuse:
-        reuser = Reuser(
-            store, config.project_dir, backend=backend, timeout=timeout, labels=labels, on_state=progress.set
-        )
-        progress.start()
-        try:
-            acquired = reuser.acquire(services)
-        finally:
-            progress.stop()
-            reuser.close()
-        return Running(
-            acquired.env,
-            acquired.entries,
-            acquired.outcomes,
-            acquired.seconds,
-            acquired.stop,
-            lambda: None,
-            reused=True,
-        )
-    if detach:
-        _refuse_local(services, backend)
-        labels[LABEL_KEEP] = "true"
-    with contextlib.suppress(Exception):
-        prewarm(services, backend)  # a failure here shows again, explained, when the service starts
-    env = Environment(*services, backend=backend, timeout=timeout, labels=labels)
+    say(f"starting {', '.join(s.name for s in services)}{' (reuse)' if reuse else ''} ...")
+    env = Environment(
+        *services,
+        backend=args.backend or config.backend,
+        timeout=args.timeout or config.timeout,
+        labels=labels,
+        reuse=Reuse(store, config.project_dir) if reuse else False,
+        keep=detach,
+    )
 
     def poll() -> None:
         timings = env.timings
         for service in services:
             state = progress.states[service.name][0]
             if service.name in timings:
-                if state != "ready":
+                if state not in ("ready", "attached"):
                     timing = timings[service.name]
-                    progress.set(service.name, "ready", timing.backend, timing.total_s)
+                    done = "attached" if env.outcomes.get(service.name) == "attached" else "ready"
+                    progress.set(service.name, done, timing.backend, timing.total_s)
             elif state == "pending" or state == "waiting":
                 waiting = [d for d in service.depends_on if d not in timings]
                 progress.set(service.name, *(("waiting", f"for {waiting[0]}") if waiting else ("starting", "")))
@@ -148,10 +120,11 @@ def _start(args: argparse.Namespace, config: ProjectConfig, store: StateDir, det
     progress.start(poll)
     try:
         env.start()
+    except ConfigurationError as exc:
+        raise UsageError(str(exc)) from None
     finally:
         progress.stop()
-    seconds = {name: t.total_s for name, t in env.timings.items()}
-    return Running(env, entries_from(env), dict.fromkeys(seconds, "started"), seconds, env.stop, env.disown)
+    return Running(env, reused=reuse)
 
 
 def _report(running: Running, started: float) -> None:
@@ -159,7 +132,7 @@ def _report(running: Running, started: float) -> None:
         outcome = running.outcomes.get(handle.name, "started")
         verb = "attached in" if outcome == "attached" else "ready in"
         address = f"{handle.host}:{handle.port}" if handle.ports else handle.host
-        how = handle.backend + (", reused" if outcome in ("attached", "started") and running.reused else "")
+        how = handle.backend + (", reused" if outcome in ("attached", "kept") and running.reused else "")
         seconds = running.seconds.get(handle.name, 0.0)
         say(f"{handle.name:<14} {verb} {seconds:5.2f}s  {address}  ({how})")
     say(f"all ready in {time.monotonic() - started:.2f}s; environment {running.env.id}")
@@ -168,7 +141,7 @@ def _report(running: Running, started: float) -> None:
 def _live_detached(store: StateDir, key: str) -> Record | None:
     """This project's detached record, if its services still run (a stale one is deleted)."""
     from ..backends import get_backend
-    from ..reuse import container_state
+    from ..recorded import container_state
 
     for record in store.environments(key):
         if record.get("mode") != "detached":
@@ -257,7 +230,7 @@ def _say_stopped(running: Running, problems: list[str], held: _HeldSignals) -> N
             "run: `python -m svcenv prune` removes it"
         )
     elif running.reused:
-        kept = [n for n, o in running.outcomes.items() if o != "external"]
+        kept = [n for n, o in running.outcomes.items() if o in ("attached", "kept")]
         say(f"reused services stay up: {', '.join(kept)}; `python -m svcenv down` removes them")
     else:
         say("stopped; nothing left running")
@@ -326,7 +299,6 @@ def _up_detached(args: argparse.Namespace, config: ProjectConfig, store: StateDi
         store.save_environment(record)
         if existing is not None:
             store.delete(store.env_file(str(existing["id"])))
-        running.disown()
     _report(running, started)
     print_dotenv(running.env.env_vars())
     say(f"detached; `python -m svcenv status` shows them, `python -m svcenv down` removes them ({store.root})")

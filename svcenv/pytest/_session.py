@@ -28,7 +28,6 @@ from ._share import XdistShare
 
 if TYPE_CHECKING:
     from ..config import ProjectConfig
-    from ..reuse import Acquired
 
 SERVICE_ATTR = "_svcenv_service"
 """Set on every fixture function the factory makes: the descriptor it belongs to."""
@@ -94,7 +93,6 @@ class Manager:
         self.xdist = False
         """True in an xdist worker: the environment is shared through the run's basetemp."""
         self.before_stop: list[Callable[[], None]] = []
-        self._acquired: Acquired | None = None
         self._project: ProjectConfig | None = None
 
     # -- configuration ----------------------------------------------------------------------------
@@ -238,17 +236,13 @@ class Manager:
 
     def _reuse(self, services: Sequence[Service], kwargs: Mapping[str, Any]) -> Environment:
         """Attach to kept services of this configuration, or start and keep them (each worker on its own)."""
-        from ..reuse import Reuser
+        from ..reuse import Reuse
         from ..state import StateDir
 
-        reuser = Reuser(StateDir(), self.project.project_dir, backend=kwargs["backend"], timeout=kwargs["timeout"])
-        try:
-            self._acquired = reuser.acquire(services)
-        finally:
-            reuser.close()
-        how = ", ".join(f"{name} {outcome}" for name, outcome in self._acquired.outcomes.items())
+        env = Environment(*services, **kwargs, reuse=Reuse(StateDir(), self.project.project_dir)).start()
+        how = ", ".join(f"{name} {outcome}" for name, outcome in env.outcomes.items())
         self.summary.append(f"reuse: {how}; they stay up for the next run (`python -m svcenv down` removes them)")
-        return self._acquired.env
+        return env
 
     def missing(self, error: BaseException) -> None:
         """No backend can run a needed service: skip locally, fail under CI (``svcenv_missing``)."""
@@ -265,12 +259,8 @@ class Manager:
         env, self.env = self.env, None
         if env is None:
             return
-        if self._acquired is not None:
-            self._run_before_stop()
-            self._acquired.stop()  # external services are released; reused ones stay up
-            return
         if self.config.getoption("--svcenv-keep"):
-            env.disown()
+            env.keep()
             self.summary.append(
                 f"--svcenv-keep: environment {env.id} is still running; remove it with "
                 f"`docker rm -fv $(docker ps -aq --filter label=svcenv.environment={env.id})`"

@@ -64,24 +64,22 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ... import descriptors
-from ...descriptors import Redis, Service
+from ...descriptors import Service
 from ...errors import BackendUnavailable
-from ...mysql import MySQL  # also defines the mysql kind before KINDS below is derived
 from ..base import Backend, Instance
 from ._common import INITDB_ARGS, MARKER, TMP_PREFIX, _Missing
-from .accounts import Account, _account_problem, _existing_account, server_account
+from .accounts import Account, server_account
 from .discovery import (
     ElasticsearchInstall,
     PostgresInstall,
     RedisInstall,
-    find_elasticsearch,
     find_postgres,
     find_redis,
 )
-from .mariadb import LocalMySQL, MySQLInstall, find_mysql, mysql_account, mysql_account_name, mysql_account_problem
+from .mariadb import LocalMySQL, MySQLInstall, find_mysql
 from .places import _make_workdir, cache_root, sweep_stale, tmp_base
 from .process import LocalInstance, free_port
-from .servers import LocalElasticsearch, LocalPostgres, LocalRedis
+from .servers import LocalElasticsearch, LocalPostgres, LocalRedis, _InstalledServer
 from .template import postgres_template
 
 if TYPE_CHECKING:
@@ -115,11 +113,8 @@ __all__ = [
 
 # -- the backend ----------------------------------------------------------------------------
 
-_SERVERS: dict[str, type[LocalInstance]] = {
-    "postgres": LocalPostgres,
-    "redis": LocalRedis,
-    "elasticsearch": LocalElasticsearch,
-    "mysql": LocalMySQL,
+_SERVERS: dict[str, type[_InstalledServer[Any]]] = {
+    server.kind: server for server in (LocalPostgres, LocalRedis, LocalElasticsearch, LocalMySQL)
 }
 """The kinds this backend runs, each with the server class that runs it."""
 KINDS = tuple(kind for kind in descriptors.KINDS if kind in _SERVERS)
@@ -150,16 +145,10 @@ class LocalBackend(Backend):
             sweep_stale(base)
 
     @staticmethod
-    def _locate(kind: str) -> PostgresInstall | RedisInstall | ElasticsearchInstall | MySQLInstall | str:
-        """The installation of ``kind``, or why there is none."""
+    def _locate(kind: str) -> object:
+        """The installation of ``kind``, or (a ``str``) why there is none."""
         try:
-            if kind == "postgres":
-                return find_postgres()
-            if kind == "redis":
-                return find_redis()
-            if kind == "mysql":
-                return find_mysql()
-            return find_elasticsearch()
+            return _SERVERS[kind].locate()
         except (_Missing, OSError, RuntimeError, subprocess.TimeoutExpired) as exc:
             return str(exc)
 
@@ -167,27 +156,14 @@ class LocalBackend(Backend):
         """Kind -> what would run it here (``"postgres 15.20 at /usr/lib/postgresql/15/bin"``) or why not."""
         described: dict[str, str] = {}
         for kind in KINDS:
-            found = self._locate(kind)
+            server, found = _SERVERS[kind], self._locate(kind)
             if isinstance(found, str):
                 described[kind] = f"not found: {found}"
                 continue
-            if isinstance(found, PostgresInstall):
-                text = f"postgres {found.version} at {found.bindir}"
-            elif isinstance(found, RedisInstall):
-                text = f"redis {found.version} at {found.binary}"
-            elif isinstance(found, MySQLInstall):
-                text = f"mariadb {found.version} at {found.server}"
-                if os.geteuid() == 0:
-                    problem = mysql_account_problem()
-                    text = f"unavailable: {problem}" if problem else f"{text}, runs as user {mysql_account_name()!r}"
-                described[kind] = text
-                continue
-            else:
-                text = f"elasticsearch at {found.home}"
-            if kind != "redis" and os.geteuid() == 0:
-                problem = _account_problem()
-                account = _existing_account()
-                runs_as = account.name if account else "svcenv"
+            text = server.describe(found)
+            runs_as = server.run_account_name() if os.geteuid() == 0 else None
+            if runs_as is not None:
+                problem = server.account_problem()
                 text = f"unavailable: {problem}" if problem else f"{text}, runs as user {runs_as!r}"
             described[kind] = text
         return described
@@ -198,16 +174,15 @@ class LocalBackend(Backend):
         kind = service.kind
         if kind not in KINDS or not isinstance(service, descriptors.KINDS[kind]):
             return (
-                f"local: cannot run service {service.name!r}: the local backend runs only postgres, redis, "
-                "elasticsearch and mysql from local installations, not images"
+                f"local: cannot run service {service.name!r}: the local backend runs only "
+                f"{', '.join(KINDS)} from local installations, not images"
             )
         found = self._locate(kind)
         if isinstance(found, str):
             return f"local: cannot serve {kind}: {found}"
-        if kind != "redis":
-            problem = mysql_account_problem() if kind == "mysql" else _account_problem()
-            if problem:
-                return f"local: cannot serve {kind}: {problem}"
+        problem = _SERVERS[kind].account_problem()
+        if problem:
+            return f"local: cannot serve {kind}: {problem}"
         program = service.local_program
         if service.command and (program is None or os.path.basename(service.command[0]) != program):
             expected = f"start with {program!r}" if program else "be left unset"
@@ -218,24 +193,12 @@ class LocalBackend(Backend):
         reason = self.supports(resolved)
         if reason:
             raise BackendUnavailable(reason)
-        service = resolved.service
-        install = self._locate(service.kind)
-        if isinstance(service, MySQL):
-            account = mysql_account()
-        else:
-            account = None if isinstance(service, Redis) else server_account()
+        server = _SERVERS[resolved.service.kind]
+        install = server.locate()
+        account = server.run_account()
         workdir = _make_workdir(labels, resolved.name)
-        instance: LocalInstance
         try:
-            if isinstance(install, PostgresInstall):
-                instance = LocalPostgres(resolved, labels, workdir, account, install)
-            elif isinstance(install, RedisInstall):
-                instance = LocalRedis(resolved, labels, workdir, account, install)
-            elif isinstance(install, MySQLInstall):
-                instance = LocalMySQL(resolved, labels, workdir, account, install)
-            else:
-                assert isinstance(install, ElasticsearchInstall)
-                instance = LocalElasticsearch(resolved, labels, workdir, account, install)
+            instance = server(resolved, labels, workdir, account, install)
             instance.prepare()
         except BaseException:
             shutil.rmtree(workdir, ignore_errors=True)

@@ -260,7 +260,22 @@ def _ident(name: str) -> str:
 class LocalMySQL(_InstalledServer[MySQLInstall]):
     """``mariadbd`` on a copy of the cached data directory; root, database and user are set as it starts."""
 
+    kind = "mysql"
+    described_as = "mariadb {version} at {server}"
     stop_grace = 10.0
+    locate = staticmethod(find_mysql)
+
+    @classmethod
+    def account_problem(cls) -> str | None:
+        return mysql_account_problem()
+
+    @classmethod
+    def run_account_name(cls) -> str | None:
+        return mysql_account_name()
+
+    @classmethod
+    def run_account(cls) -> Account | None:
+        return mysql_account()
 
     @property
     def service(self) -> MySQL:

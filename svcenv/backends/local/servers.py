@@ -11,13 +11,20 @@ import socket
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Generic, TypeVar
+from typing import TYPE_CHECKING, ClassVar, Generic, TypeVar
 
 from ..._util import NotYet, poll
 from ...descriptors import Postgres, Service
 from ...errors import ServiceExited
-from .accounts import Account, _chown, _server_env
-from .discovery import ElasticsearchInstall, PostgresInstall, RedisInstall
+from .accounts import Account, _account_problem, _chown, _existing_account, _server_env, server_account
+from .discovery import (
+    ElasticsearchInstall,
+    PostgresInstall,
+    RedisInstall,
+    find_elasticsearch,
+    find_postgres,
+    find_redis,
+)
 from .places import release_shared_memory
 from .process import LocalInstance, free_port
 from .template import _copy_tree, postgres_template
@@ -30,7 +37,42 @@ _Install = TypeVar("_Install")
 
 
 class _InstalledServer(LocalInstance, Generic[_Install]):
-    """A server run from a local installation (``install``) that the backend located."""
+    """A server run from a local installation (``install``) that the backend located.
+
+    Each subclass says which kind it serves, how its installation is found and
+    described, and which account runs it when svcenv runs as root; the backend
+    reads only these.
+    """
+
+    kind: ClassVar[str]
+    described_as: ClassVar[str]
+    """What runs this kind here, from the installation's fields: ``postgres {version} at {bindir}``."""
+
+    @classmethod
+    def locate(cls) -> _Install:
+        """The installation, or ``_Missing``/``OSError`` saying why there is none."""
+        raise NotImplementedError
+
+    @classmethod
+    def describe(cls, install: _Install) -> str:
+        """What runs this kind here, e.g. ``postgres 15.20 at /usr/lib/postgresql/15/bin``."""
+        return cls.described_as.format_map(vars(install))
+
+    @classmethod
+    def account_problem(cls) -> str | None:
+        """Why no account can run this server here (as root), or None; no side effects."""
+        return _account_problem()
+
+    @classmethod
+    def run_account_name(cls) -> str | None:
+        """Who runs it when svcenv runs as root (None: the calling user)."""
+        existing = _existing_account()
+        return existing.name if existing else "svcenv"
+
+    @classmethod
+    def run_account(cls) -> Account | None:
+        """The account to run it as (None: the calling user); may create ``svcenv`` (see accounts)."""
+        return server_account()
 
     def __init__(
         self,
@@ -47,7 +89,10 @@ class _InstalledServer(LocalInstance, Generic[_Install]):
 class LocalPostgres(_InstalledServer[PostgresInstall]):
     """Postgres on a copy of the cached template; the role's password is set as it starts."""
 
+    kind = "postgres"
+    described_as = "postgres {version} at {bindir}"
     stop_signal = signal.SIGINT  # "fast shutdown"
+    locate = staticmethod(find_postgres)
 
     @property
     def service(self) -> Postgres:
@@ -110,7 +155,23 @@ class LocalPostgres(_InstalledServer[PostgresInstall]):
 
 
 class LocalRedis(_InstalledServer[RedisInstall]):
-    """``redis-server`` with a private config file (the password is not on its command line)."""
+    """``redis-server`` with a private config file (the password is not on its command line); runs as the caller."""
+
+    kind = "redis"
+    described_as = "redis {version} at {binary}"
+    locate = staticmethod(find_redis)
+
+    @classmethod
+    def account_problem(cls) -> str | None:
+        return None
+
+    @classmethod
+    def run_account_name(cls) -> str | None:
+        return None
+
+    @classmethod
+    def run_account(cls) -> Account | None:
+        return None
 
     @property
     def config(self) -> Path:
@@ -172,7 +233,10 @@ def _redis_quote(value: str) -> str:
 class LocalElasticsearch(_InstalledServer[ElasticsearchInstall]):
     """Elasticsearch from a local distribution; settings become ``-E key=value``."""
 
+    kind = "elasticsearch"
+    described_as = "elasticsearch at {home}"
     stop_grace = 20.0
+    locate = staticmethod(find_elasticsearch)
 
     def prepare(self) -> None:
         config = self.install.home / "config"
