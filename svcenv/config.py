@@ -96,7 +96,7 @@ def allowed_keys(kind: str) -> tuple[str, ...]:
     return (*_COMMON, *_own_fields(KINDS[kind]))
 
 
-_TOP = ("reuse", "backend", "timeout", "services")
+_TOP = ("reuse", "backend", "timeout", "services", "compose", "compose_profiles")
 _PROBES = ("tcp", "http", "log", "command")
 _PROBE_OPTIONS = {
     "tcp": ("tcp",),
@@ -121,6 +121,8 @@ class ProjectConfig:
     reuse: bool = False
     backend: str | None = None
     timeout: float | None = None
+    notices: tuple[str, ...] = ()
+    """What a compose file says that svcenv ignores or changes (one line each)."""
 
     @property
     def known(self) -> list[str]:
@@ -162,6 +164,21 @@ class ProjectConfig:
         if self.timeout is not None:
             spec.setdefault("timeout", self.timeout)
         return spec
+
+
+def compose_specs(path: Path, profiles: Sequence[str] = (), notices: list[str] | None = None) -> dict[str, Spec]:
+    """The services of a compose file as specs, by name (see :func:`svcenv.compose.load_compose`)."""
+    from .compose import load_compose
+
+    return {s.name: spec_of(s) for s in load_compose(path, profiles=profiles, notices=notices)}
+
+
+def compose_config(path: Path, profiles: Sequence[str] = ()) -> ProjectConfig:
+    """A project of a compose file's services (``up -f``, ``svcenv_compose``): its directory is the project."""
+    path = path.resolve()
+    notices: list[str] = []
+    services = compose_specs(path, profiles, notices)
+    return ProjectConfig(path, path.parent, services, declared=True, notices=tuple(notices))
 
 
 def find_config(start: Path | None = None) -> Path | None:
@@ -250,6 +267,14 @@ class _Checker:
         timeout = self.positive(table.get("timeout"), self.key("timeout"))
         raw = self.typed(table.get("services", {}), dict, self.key("services"), "a table of services")
         services = {name: self.service(name, value) for name, value in raw.items()}
+        notices: list[str] = []
+        if "compose" in table:
+            compose = self.typed(table["compose"], str, self.key("compose"), "the path of a compose file")
+            profiles = self.strings(table.get("compose_profiles", []), self.key("compose_profiles"))
+            for name, spec in compose_specs(self.path.parent / compose, profiles, notices).items():
+                if name in services:
+                    raise self.fail(self.key("services", name), f"also a service of the compose file {compose}")
+                services[name] = spec
         config = ProjectConfig(
             self.path,
             self.path.parent,
@@ -258,6 +283,7 @@ class _Checker:
             reuse=reuse,
             backend=backend,
             timeout=timeout,
+            notices=tuple(notices),
         )
         for name, spec in services.items():
             for dep in spec.get("depends_on", ()):

@@ -348,6 +348,31 @@ class Environment(_Scheduler):
         }
 
     @classmethod
+    def from_compose(
+        cls,
+        path: str | os.PathLike[str],
+        services: Iterable[str] | None = None,
+        profiles: Iterable[str] = (),
+        **options: Any,
+    ) -> Environment:
+        """An environment of a compose file's services (``services``: these and their dependencies).
+
+        ``options`` are :class:`Environment`'s (``backend``, ``timeout``, ``labels``, ...). What
+        the file says that svcenv ignores or changes is logged as a warning (see
+        :func:`svcenv.compose.load_compose`).
+        """
+        import logging
+
+        from .compose import load_compose
+
+        notices: list[str] = []
+        chosen = None if services is None else list(services)
+        descriptors = load_compose(path, chosen, list(profiles), notices=notices)
+        for notice in notices:
+            logging.getLogger("svcenv").warning("%s: %s", os.fspath(path), notice)
+        return cls(*descriptors, **options)
+
+    @classmethod
     def attach(cls, snapshot: Mapping[str, Any], *services: Service) -> Environment:
         """An environment for services another process runs (described by its ``snapshot()``).
 

@@ -14,6 +14,10 @@ class ConfigurationError(SvcenvError, ValueError):
     """A descriptor or an environment was given values that cannot work."""
 
 
+class ComposeError(ConfigurationError):
+    """A Compose file svcenv cannot read or run: the message names the file, the key path and what is supported."""
+
+
 class ServiceNotFound(SvcenvError, KeyError):
     """A handle was looked up by a name or descriptor that is not in the environment."""
 

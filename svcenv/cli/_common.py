@@ -35,7 +35,18 @@ def say(message: str) -> None:
 
 
 def project_config(args: argparse.Namespace) -> ProjectConfig:
-    return load_config(args.config)
+    """The project: the compose file of ``-f``, else the configuration file (looked up); its notices said once."""
+    if args.file is not None:
+        from ..config import compose_config
+
+        config = compose_config(args.file, args.profile)
+    else:
+        if args.profile:
+            raise UsageError("--profile needs -f COMPOSE_FILE")
+        config = load_config(args.config)
+    for notice in config.notices:
+        say(notice)
+    return config
 
 
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:

@@ -14,6 +14,20 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument(
         "--config", type=Path, default=argparse.SUPPRESS, help="the configuration file (default: looked up from cwd)"
     )
+    common.add_argument(
+        "-f",
+        "--file",
+        type=Path,
+        default=argparse.SUPPRESS,
+        metavar="COMPOSE_FILE",
+        help="take the services from this compose file instead of the configuration",
+    )
+    common.add_argument(
+        "--profile",
+        action="append",
+        default=argparse.SUPPRESS,
+        help="with -f: a compose profile to enable (repeatable; '*' enables all)",
+    )
     parser = argparse.ArgumentParser(
         prog="python -m svcenv",
         description="Real Postgres, Redis and Elasticsearch (and any image) for shells, programs and CI.",
@@ -21,6 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     parser.add_argument("--config", type=Path, default=None, help="the configuration file (default: looked up)")
+    parser.add_argument("-f", "--file", type=Path, default=None, metavar="COMPOSE_FILE", help="a compose file")
+    parser.add_argument("--profile", action="append", default=[], help="with -f: a compose profile to enable")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     starting = argparse.ArgumentParser(add_help=False)

@@ -104,9 +104,16 @@ class Manager:
     @property
     def project(self) -> ProjectConfig:
         if self._project is None:
-            from ..config import load_config
+            from ..config import compose_config, load_config
 
-            self._project = load_config(start=self.config.rootpath)  # [tool.svcenv] / svcenv.toml, as the CLI
+            compose = self.config.getini("svcenv_compose")
+            if compose:  # relative to the ini file's directory, as pytest's own paths are
+                base = self.config.inipath.parent if self.config.inipath else self.config.rootpath
+                profiles = self.config.getini("svcenv_compose_profiles")
+                self._project = compose_config(base / compose, profiles)
+                self.summary.extend(f"compose: {notice}" for notice in self._project.notices)
+            else:
+                self._project = load_config(start=self.config.rootpath)  # [tool.svcenv] / svcenv.toml, as the CLI
         return self._project
 
     def configured(self) -> list[Service] | None:

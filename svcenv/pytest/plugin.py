@@ -49,6 +49,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini("svcenv_postgres_prefetch", "fresh databases cloned ahead of use by a background worker", default="2")
     parser.addini("svcenv_missing", "when no backend can run a needed service: auto|skip|fail", default="auto")
     parser.addini("svcenv_xdist", "under xdist: shared (one environment) or per-worker", default="shared")
+    parser.addini("svcenv_compose", "a compose file whose services the session runs (instead of [tool.svcenv])")
+    parser.addini("svcenv_compose_profiles", "compose profiles to enable with svcenv_compose", type="linelist")
 
 
 def pytest_configure(config: pytest.Config) -> None:
