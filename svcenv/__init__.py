@@ -15,10 +15,12 @@ imported only when first used.
 """
 
 from ._version import __version__
+from .container import BuildSpec
 from .descriptors import Elasticsearch, Postgres, Redis, Service
 from .environment import Environment, ServiceTiming, TeardownWarning
 from .errors import (
     BackendUnavailable,
+    BuildFailed,
     ConfigurationError,
     CredentialsRejected,
     ImageUnavailable,
@@ -27,6 +29,7 @@ from .errors import (
     ServiceFailure,
     ServiceNotFound,
     ServiceStartError,
+    ServiceUnhealthy,
     SvcenvError,
 )
 from .handles import ElasticsearchHandle, PostgresHandle, RedisHandle, ServiceHandle
@@ -34,6 +37,8 @@ from .mysql import MySQL, MySQLHandle
 
 __all__ = [
     "BackendUnavailable",
+    "BuildFailed",
+    "BuildSpec",
     "ConfigurationError",
     "CredentialsRejected",
     "Elasticsearch",
@@ -54,6 +59,7 @@ __all__ = [
     "ServiceNotFound",
     "ServiceStartError",
     "ServiceTiming",
+    "ServiceUnhealthy",
     "SvcenvError",
     "TeardownWarning",
     "__version__",

@@ -33,6 +33,10 @@ class Resolved:
 
     Secrets go here, not into ``command`` or ``env`` (argv shows in ``ps``, both in ``docker inspect``).
     """
+    volumes: Mapping[str, str] = field(default_factory=dict)
+    """Named volumes of the environment to mount: volume name -> container path."""
+    options: Mapping[str, object] = field(default_factory=dict)
+    """Checked container options (see :data:`svcenv.container.OPTIONS`), for the Docker backend."""
 
     @property
     def name(self) -> str:

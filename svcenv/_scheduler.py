@@ -8,21 +8,23 @@ created, in parallel and bounded in time. :class:`Environment` mixes in
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
 import time
 from collections.abc import Callable, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass
+from concurrent.futures import Future, wait
 from typing import TYPE_CHECKING, TypeVar
 
-from ._util import env_prefix
+from ._timing import ServiceTiming
+from ._util import DaemonJob, env_prefix
 from .backends import choose, requested_backend
 from .backends.base import LABEL_ENVIRONMENT, LABEL_SERVICE, Backend, Instance
 from .descriptors import Service
 from .errors import (
     BackendUnavailable,
+    BuildFailed,
     ConfigurationError,
     ProbeFailed,
     ServiceExited,
@@ -31,6 +33,7 @@ from .errors import (
 )
 from .handles import ServiceHandle
 from .probes import wait_until_ready
+from .refs import referenced, resolve_refs
 
 if TYPE_CHECKING:
     from .reuse import Reuse
@@ -39,41 +42,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("svcenv")
 LOG_TAIL_LINES = 25
 _T = TypeVar("_T")
-
-
-@dataclass(frozen=True)
-class ServiceTiming:
-    """When one service went through each phase, in seconds since ``start()`` began."""
-
-    service: str
-    backend: str
-    begin: float
-    """Dependencies ready; creation begins."""
-    created: float
-    """Container/process created."""
-    started: float
-    """Container/process started."""
-    ready: float
-    """The readiness probe passed."""
-    attempts: int
-    """Probe attempts it took."""
-
-    @property
-    def create_s(self) -> float:
-        return self.created - self.begin
-
-    @property
-    def start_s(self) -> float:
-        return self.started - self.created
-
-    @property
-    def ready_s(self) -> float:
-        """From started to ready: the time the probe waited."""
-        return self.ready - self.started
-
-    @property
-    def total_s(self) -> float:
-        return self.ready - self.begin
 
 
 class _Cancelled(Exception):
@@ -115,12 +83,14 @@ class _Scheduler:
     def _start_one(self, service: Service) -> None:
         name = service.name
         try:
-            for dep in service.depends_on:
+            for dep in needs(service):
                 while not self._ready[dep].wait(0.05):
                     if self._cancel.is_set() or dep in self._failed:
                         raise _Cancelled
             if self._cancel.is_set():
                 raise _Cancelled
+            with self._lock:
+                service = resolve_refs(service, self._handles)
             if self._reuse is not None and self._backends[name].reusable:
                 self._reuse_or_start(service, self._reuse)
             else:
@@ -198,6 +168,9 @@ class _Scheduler:
         except (_Cancelled, _Failure):
             self._stop_if_cancelled(instance)
             raise
+        except BuildFailed as exc:  # already one failure, with the build log's tail
+            self._stop_if_cancelled(instance)
+            raise _Failure(exc.failures[0]) from exc
         except ServiceExited as exc:
             self._stop_if_cancelled(instance)
             raise _Failure(self._failure(service, resolved.image if resolved else None, instance, str(exc))) from exc
@@ -225,6 +198,45 @@ class _Scheduler:
         # Only containers run an image; naming one for a local or external service would mislead.
         return ServiceFailure(service.name, backend, image if backend == "docker" else None, reason, tail)
 
+    def keep(self) -> None:
+        """Leave every service running when this environment stops, and when this process dies.
+
+        For services a later run attaches to (``up --detach``, ``--svcenv-keep``).
+        ``keep=True`` at construction does the same and also labels the containers
+        ``svcenv.keep=true``, so ``prune`` spares them. Raises
+        :class:`~svcenv.ConfigurationError` if a service's backend cannot let it
+        outlive this process (the local backend's servers end with it).
+        """
+        for name, backend in self._backends.items():
+            if not backend.outlives_owner:
+                raise ConfigurationError(
+                    f"service {name!r} runs on the {backend.name} backend, whose servers end with this process"
+                )
+        with self._lock:
+            self._kept.update(self._handles)
+            for name in self._handles:
+                if name not in self._entries:  # reused ones say how they came
+                    self._outcomes[name] = "kept"
+        for backend in set(self._backends.values()):
+            backend.disown()
+
+    def _check_outlives(self) -> None:
+        """``keep`` and ``reuse`` need services that outlive this process: say which cannot, before starting."""
+        if not (self._keep or self._reuse):
+            return
+        for name, backend in self._backends.items():
+            if backend.outlives_owner:
+                continue
+            why = "--detach/keep" if self._keep else "reuse"
+            message = (
+                f"service {name!r} would run on the {backend.name} backend, whose servers end with the process "
+                f"that started them; {why} needs docker (or external)"
+            )
+            choice = self._backend_choice if not isinstance(self._backend_choice, Backend) else backend.name
+            if requested_backend(self._services[name], choice) == backend.name:
+                raise ConfigurationError(message + f". Run without {why}, or with backend docker.")
+            raise BackendUnavailable(message + ", and no Docker engine answers here")
+
     def _backend_for_all(self) -> None:
         made: dict[str, Backend] = {}
         for name, service in self._services.items():
@@ -244,49 +256,69 @@ class _Scheduler:
         return time.monotonic() - self._t0
 
     def _remove_all(self, deadline: float) -> tuple[list[str], BaseException | None]:
-        """Remove every instance (and sweep by label) by ``deadline``: what could not be removed, and a Ctrl-C."""
+        """Remove every instance, then sweep by label, all by ``deadline``: what could not be removed, and a Ctrl-C.
+
+        Each removal runs in a daemon thread, so an engine that does not answer holds
+        neither the deadline nor the interpreter's exit. A backend whose part failed
+        is not closed: its crash cleanup (the Docker reaper) stays armed and removes
+        what is left when this process ends.
+        """
         # Let start workers notice the cancel (they remove what they are creating).
         interrupted = _wait_shielded(lambda: wait(self._workers, timeout=_left(deadline)), None)
         with self._lock:
             instances = [(n, i) for n, i in self._instances.items() if n not in self._kept]
+        stops = {name: DaemonJob(instance.stop, f"svcenv-stop-{name}") for name, instance in instances}
+        interrupted = _wait_shielded(lambda: [job.wait(deadline) for job in stops.values()], interrupted)
+        unremoved: dict[Backend, list[str]] = {}
+        for name, job in stops.items():
+            if not job.done or job.error is not None:
+                why = f"not removed within {self.teardown_timeout:g}s" if not job.done else _said(job.error)
+                unremoved.setdefault(self._backends[name], []).append(f"{name}: {why}")
+        # A sweep by label also catches what was created but never registered, or what stop() left.
+        backends = set(self._backends.values())
+        sweeps = {b: DaemonJob(functools.partial(self._sweep, b), f"svcenv-sweep-{b.name}") for b in backends}
+        interrupted = _wait_shielded(lambda: [job.wait(deadline) for job in sweeps.values()], interrupted)
         problems: list[str] = []
-        stopper = ThreadPoolExecutor(max_workers=max(1, len(instances)), thread_name_prefix="svcenv-stop")
-        futures = {stopper.submit(instance.stop): name for name, instance in instances}
-        interrupted = _wait_shielded(lambda: wait(futures, timeout=_left(deadline)), interrupted)
-        stopper.shutdown(wait=False)
-        for future, name in futures.items():
-            if not future.done():
-                problems.append(f"{name}: not removed within {self.teardown_timeout}s")
-            elif future.exception() is not None:
-                problems.append(f"{name}: {future.exception()}")
-        # A sweep by label also catches what was created but never registered.
-        for backend in set(self._backends.values()):
-            names = [n for n, b in self._backends.items() if b is backend]
-            kept = [n for n in names if n in self._kept]
-            try:
-                if not kept:
-                    backend.cleanup({LABEL_ENVIRONMENT: self.id})
-                else:  # kept services outlive the environment: sweep the others one by one
-                    for name in set(names) - set(kept):
-                        backend.cleanup({LABEL_ENVIRONMENT: self.id, LABEL_SERVICE: name})
-            except Exception as exc:
-                problems.append(f"{backend.name} cleanup: {exc}")
-            backend.close()
+        for backend, job in sweeps.items():
+            if job.done and job.error is None:
+                _quietly(backend.close)  # everything it ran is gone (or kept)
+                continue
+            why = f"not done within {self.teardown_timeout:g}s" if not job.done else _said(job.error)
+            problems += [*unremoved.get(backend, []), f"{backend.name} cleanup: {why}"]
         return problems, interrupted
+
+    def _sweep(self, backend: Backend) -> None:
+        names = [n for n, b in self._backends.items() if b is backend]
+        kept = [n for n in names if n in self._kept]
+        if not kept:
+            backend.cleanup({LABEL_ENVIRONMENT: self.id})
+        else:  # kept services outlive the environment: sweep the others one by one
+            for name in set(names) - set(kept):
+                backend.cleanup({LABEL_ENVIRONMENT: self.id, LABEL_SERVICE: name})
+
+
+def _said(error: BaseException | None) -> str:
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+def needs(service: Service) -> tuple[str, ...]:
+    """What ``service`` waits for: its ``depends_on`` and the services it refers to (see :mod:`svcenv.refs`)."""
+    return (*service.depends_on, *sorted(referenced(service) - set(service.depends_on)))
 
 
 def _check_dependencies(services: Mapping[str, Service]) -> None:
     for service in services.values():
-        for dep in service.depends_on:
+        for dep in needs(service):
             if dep not in services:
+                how = "depends on" if dep in service.depends_on else "refers to"
                 raise ConfigurationError(
-                    f"service {service.name!r} depends on {dep!r}, which is not in the environment "
+                    f"service {service.name!r} {how} {dep!r}, which is not in the environment "
                     f"(it has {sorted(services)})"
                 )
     import graphlib
 
     try:
-        graphlib.TopologicalSorter({name: s.depends_on for name, s in services.items()}).prepare()
+        graphlib.TopologicalSorter({name: needs(s) for name, s in services.items()}).prepare()
     except graphlib.CycleError as error:
         # graphlib walks from a dependency to its dependents; the message reads "a depends on b -> ...".
         cycle: list[str] = list(reversed(error.args[1]))

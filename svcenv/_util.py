@@ -16,6 +16,7 @@ import fcntl
 import os
 import re
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
@@ -123,3 +124,43 @@ def poll(
         with attempt:
             return check()
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+class DaemonJob:
+    """``fn`` run in a daemon thread, waited for up to a deadline.
+
+    A call that blocks (an engine that does not answer, a probe that hangs) can
+    then hold neither a deadline nor the interpreter's exit; an abandoned call
+    ends with the process.
+    """
+
+    def __init__(self, fn: Callable[[], object], name: str) -> None:
+        self._outcome: list[BaseException | None] = []
+        self._thread = threading.Thread(target=self._run, args=(fn,), name=name, daemon=True)
+        self._thread.start()
+
+    def _run(self, fn: Callable[[], object]) -> None:
+        try:
+            fn()
+            self._outcome.append(None)
+        except BaseException as exc:
+            self._outcome.append(exc)
+
+    @property
+    def done(self) -> bool:
+        """True once ``fn`` returned or raised."""
+        return bool(self._outcome)
+
+    @property
+    def error(self) -> BaseException | None:
+        """What ``fn`` raised (None while it runs, or if it returned)."""
+        return self._outcome[0] if self._outcome else None
+
+    def wait(self, deadline: float, cancel: threading.Event | None = None) -> bool:
+        """Wait until ``fn`` is done, ``deadline`` (``time.monotonic()``) passes or ``cancel`` is set; ``done``."""
+        while not self._outcome and self._thread.is_alive():
+            left = deadline - time.monotonic()
+            if left <= 0 or (cancel is not None and cancel.is_set()):
+                break
+            self._thread.join(min(left, 0.05))
+        return self.done

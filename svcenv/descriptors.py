@@ -16,13 +16,15 @@ import secrets
 import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 from urllib.parse import unquote
 
 from ._checks import FrozenMap, check_types, database_credentials
 from ._resolved import Resolved
+from .container import BuildSpec, build_repository, check_container, read_files
 from .errors import ConfigurationError
-from .probes import ElasticsearchHealth, PostgresQuery, Probe, RedisPing
+from .probes import PostgresQuery, Probe, RedisPing
 
 if TYPE_CHECKING:
     from .handles import ServiceHandle
@@ -63,6 +65,10 @@ class Service:
     ``scheme`` builds the handle's ``url`` (``scheme://host:port``);
     ``backend`` pins where it runs (``docker``, ``local``, ``external``; default: the
     environment's choice, else ``SVCENV_BACKEND``, else ``auto``).
+    On Docker (see :mod:`svcenv.container`): ``build`` builds the image (a context path
+    or a :class:`~svcenv.BuildSpec`) instead of naming one; ``files`` (container path ->
+    ``Path``, bytes or text) are copied in before it starts; ``volumes`` (name -> container
+    path) are named volumes of the environment; ``options`` are checked container options.
     """
 
     name: str
@@ -76,6 +82,10 @@ class Service:
     scheme: str = "tcp"
     tmpfs: tuple[str, ...] = ()
     backend: str | None = None
+    build: BuildSpec | str | Path | None = None
+    files: Mapping[str, Path | bytes | str] = field(default_factory=FrozenMap, repr=False)
+    volumes: Mapping[str, str] = field(default_factory=FrozenMap)
+    options: Mapping[str, object] = field(default_factory=FrozenMap)
 
     kind: ClassVar[str] = "service"
     default_image: ClassVar[str | None] = None
@@ -108,6 +118,7 @@ class Service:
         deps = (self.depends_on,) if isinstance(self.depends_on, (str, Service)) else self.depends_on
         set_(self, "depends_on", tuple(d.name if isinstance(d, Service) else str(d) for d in deps))
         set_(self, "tmpfs", tuple(self.tmpfs))
+        check_container(self)
         self._validate()
 
     def _wrong(self, name: str, expected: str, value: object) -> ConfigurationError:
@@ -144,11 +155,37 @@ class Service:
 
     @property
     def effective_image(self) -> str:
-        """The image to run: ``image=``, else ``SVCENV_<KIND>_IMAGE``, else the default."""
+        """The image to run: ``image=``, else the one ``build=`` makes (its tag is added when it is built),
+        else ``SVCENV_<KIND>_IMAGE``, else the default."""
+        if self.build is not None and not self.image:
+            return build_repository(self.name)
         image = self.image or os.environ.get(f"SVCENV_{self.kind.upper()}_IMAGE") or self.default_image
         if not image:
             raise ConfigurationError(f"service {self.name!r}: no image given")
         return image
+
+    # -- how other services refer to this one (see svcenv.refs) -------------------------------
+
+    @property
+    def internal_url(self) -> str:
+        """This service's URL as the environment's other services reach it, filled in when it is ready."""
+        return self.ref("internal_url")
+
+    @property
+    def internal_host(self) -> str:
+        """Its host as the other services reach it (on Docker: its name on the environment's network)."""
+        return self.ref("internal_host")
+
+    @property
+    def internal_port(self) -> str:
+        """Its first port as the other services reach it (a string: it goes into ``env`` and ``command``)."""
+        return self.ref("internal_port")
+
+    def ref(self, attribute: str) -> str:
+        """A reference to ``attribute`` of this service's handle (one of :data:`svcenv.refs.ATTRIBUTES`)."""
+        from .refs import Ref
+
+        return Ref(self.name, attribute)
 
     @property
     def effective_timeout(self) -> float:
@@ -171,7 +208,9 @@ class Service:
         self, env: Mapping[str, str], command: tuple[str, ...] | None, secrets: Mapping[str, str] | None = None
     ) -> Resolved:
         tmpfs = dict.fromkeys(self.tmpfs, "rw")
-        return Resolved(self, self.effective_image, self.ports, env, command, secrets or {}, tmpfs)
+        files, volumes = read_files(self), dict(self.volumes)
+        image = self.effective_image
+        return Resolved(self, image, self.ports, env, command, secrets or {}, tmpfs, None, files, volumes, self.options)
 
     def handle_class(self) -> type[ServiceHandle]:
         from .handles import ServiceHandle
@@ -342,7 +381,7 @@ class Redis(Service):
             command = (*command, "--requirepass", password)  # some other program: it gets the flag, as before
         resolved = self._resolved(dict(self.env), command, {"password": password})
         # 0644: the image's entrypoint drops to the redis user, who must read it.
-        return replace(resolved, files={REDIS_CONF: (conf.encode(), 0o644)})
+        return replace(resolved, files={**resolved.files, REDIS_CONF: (conf.encode(), 0o644)})
 
     def handle_class(self) -> type[ServiceHandle]:
         from .handles import RedisHandle
@@ -350,50 +389,7 @@ class Redis(Service):
         return RedisHandle
 
 
-@dataclass(frozen=True, kw_only=True)
-class Elasticsearch(Service):
-    """Elasticsearch 8, following the official image's documented contract.
-
-    Runs as a single node (``discovery.type=single-node``) with security off
-    (``xpack.security.enabled=false``, plain HTTP, no password) and a bounded
-    heap (``heap``, as ``ES_JAVA_OPTS=-Xms… -Xmx…``). Ready when
-    ``GET /_cluster/health?wait_for_status=yellow`` says so.
-    """
-
-    name: str = "elasticsearch"
-    ports: tuple[int, ...] = (9200,)
-    scheme: str = "http"
-    heap: str = "512m"
-
-    kind: ClassVar[str] = "elasticsearch"
-    default_image: ClassVar[str | None] = "docker.elastic.co/elasticsearch/elasticsearch:8.15.0"
-    default_timeout: ClassVar[float] = 120.0
-    url_schemes: ClassVar[tuple[str, ...]] = ("http", "https")
-    example_url: ClassVar[str | None] = "http://host:9200"
-
-    @classmethod
-    def external_default_port(cls, scheme: str) -> int | None:
-        # As Elasticsearch's own client does; plain http needs an explicit port.
-        return 443 if scheme == "https" else None
-
-    @property
-    def readiness_probe(self) -> Probe:
-        return self.probe or ElasticsearchHealth()
-
-    def resolve(self) -> Resolved:
-        env = {
-            "discovery.type": "single-node",
-            "xpack.security.enabled": "false",
-            "cluster.routing.allocation.disk.threshold_enabled": "false",
-            "ES_JAVA_OPTS": f"-Xms{self.heap} -Xmx{self.heap}",
-            **self.env,
-        }
-        return self._resolved(env, self.command)
-
-    def handle_class(self) -> type[ServiceHandle]:
-        from .handles import ElasticsearchHandle
-
-        return ElasticsearchHandle
-
+# Defined in its own module (as MySQL is); imported here so that it is a kind before "service".
+from .elasticsearch import Elasticsearch  # noqa: E402
 
 KINDS["service"] = Service

@@ -14,7 +14,6 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, overload
 
 from ._scheduler import (
-    ServiceTiming,
     _Cancelled,
     _check_dependencies,
     _check_prefixes,
@@ -22,6 +21,7 @@ from ._scheduler import (
     _labels_from_env,
     _Scheduler,
 )
+from ._timing import ServiceTiming
 from ._version import __version__
 from .backends.base import (
     LABEL_ENVIRONMENT,
@@ -32,7 +32,7 @@ from .backends.base import (
     Instance,
 )
 from .descriptors import Elasticsearch, Postgres, Redis, Service
-from .errors import BackendUnavailable, ConfigurationError, ServiceNotFound, ServiceStartError
+from .errors import ConfigurationError, ServiceFailure, ServiceNotFound, ServiceStartError
 from .handles import ElasticsearchHandle, PostgresHandle, RedisHandle, ServiceHandle, attached_handle
 
 if TYPE_CHECKING:
@@ -44,8 +44,11 @@ if TYPE_CHECKING:
 __all__ = ["Environment", "ServiceTiming", "TeardownWarning"]
 
 
-class TeardownWarning(ResourceWarning):
-    """Something could not be removed within the teardown bound (it names what)."""
+class TeardownWarning(UserWarning):
+    """Something could not be removed within the teardown bound (it names what, and how to remove it).
+
+    A ``UserWarning``, shown by default: what is left may still run.
+    """
 
 
 class Environment(_Scheduler):
@@ -123,6 +126,7 @@ class Environment(_Scheduler):
         self._timings: dict[str, ServiceTiming] = {}
         self._lock = threading.Lock()
         self._cancel = threading.Event()
+        self._stopped = threading.Event()
         self._ready = {name: threading.Event() for name in self._services}
         self._failed: set[str] = set()
         self._workers: list[Future[None]] = []
@@ -130,6 +134,8 @@ class Environment(_Scheduler):
         self._attached = False
         self.teardown_s: float | None = None
         """Seconds the teardown took (set when :meth:`stop` has run, also after a failed start)."""
+        self.teardown_problems: tuple[str, ...] = ()
+        """What the last :meth:`stop` could not remove (empty: everything it owned is gone)."""
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -158,80 +164,63 @@ class Environment(_Scheduler):
                 raise unexpected[0]
             if reported:
                 raise ServiceStartError(reported)
-        except BaseException:
+            if self._cancel.is_set():  # stop() ran while this start was under way
+                why = "start cancelled: stop() was called while starting"
+                raise ServiceStartError([ServiceFailure(n, b.name, None, why) for n, b in self._backends.items()])
+        except BaseException as exc:
             self._cancel.set()
-            self.stop()
+            try:
+                self.stop()
+            finally:
+                if isinstance(exc, ServiceStartError) and self.teardown_problems:
+                    exc.teardown_incomplete(self.teardown_problems)
             raise
         if self._keep:
             self.keep()
         self._state = "running"
         return self
 
-    def _check_outlives(self) -> None:
-        """``keep`` and ``reuse`` need services that outlive this process: say which cannot, before starting."""
-        if not (self._keep or self._reuse):
-            return
-        from .backends import requested_backend
-
-        for name, backend in self._backends.items():
-            if backend.outlives_owner:
-                continue
-            why = "--detach/keep" if self._keep else "reuse"
-            message = (
-                f"service {name!r} would run on the {backend.name} backend, whose servers end with the process "
-                f"that started them; {why} needs docker (or external)"
-            )
-            choice = self._backend_choice if not isinstance(self._backend_choice, Backend) else backend.name
-            if requested_backend(self._services[name], choice) == backend.name:
-                raise ConfigurationError(message + f". Run without {why}, or with backend docker.")
-            raise BackendUnavailable(message + ", and no Docker engine answers here")
-
     def stop(self) -> None:
-        """Remove every service, in parallel and bounded in time. Safe to call again."""
-        if self._state in ("stopped", "stopping"):
+        """Remove every service, in parallel and bounded in time. Safe to call again.
+
+        A call while another thread's ``stop()`` runs waits for that one to end.
+        """
+        with self._lock:
+            if self._state in ("stopped", "stopping"):
+                running = self._state == "stopping"
+            else:
+                running = None
+                self._state = "stopping"
+        if running is not None:
+            if running:
+                self._stopped.wait(self.teardown_timeout + 5)
             return
         if self._attached:
             self._handles.clear()
             self._state = "stopped"
+            self._stopped.set()
             return
-        self._state = "stopping"
         self._cancel.set()
         began = time.monotonic()
         deadline = began + self.teardown_timeout
-        problems, interrupted = self._remove_all(deadline)
-        self._handles.clear()
-        self._state = "stopped"
-        self.teardown_s = time.monotonic() - began
+        problems: list[str] = []
+        try:
+            problems, interrupted = self._remove_all(deadline)
+        finally:
+            self._handles.clear()
+            self.teardown_problems = tuple(problems)
+            self.teardown_s = time.monotonic() - began
+            self._state = "stopped"
+            self._stopped.set()
         if problems:
             warnings.warn(
-                f"svcenv environment {self.id}: teardown incomplete: " + "; ".join(problems),
+                f"svcenv environment {self.id}: teardown incomplete: " + "; ".join(problems) + ". What is left "
+                f"carries the label svcenv.environment={self.id}; `python -m svcenv prune` removes it",
                 TeardownWarning,
                 stacklevel=2,
             )
         if interrupted is not None:
             raise interrupted
-
-    def keep(self) -> None:
-        """Leave every service running when this environment stops, and when this process dies.
-
-        For services a later run attaches to (``up --detach``, ``--svcenv-keep``).
-        ``keep=True`` at construction does the same and also labels the containers
-        ``svcenv.keep=true``, so ``prune`` spares them. Raises
-        :class:`~svcenv.ConfigurationError` if a service's backend cannot let it
-        outlive this process (the local backend's servers end with it).
-        """
-        for name, backend in self._backends.items():
-            if not backend.outlives_owner:
-                raise ConfigurationError(
-                    f"service {name!r} runs on the {backend.name} backend, whose servers end with this process"
-                )
-        with self._lock:
-            self._kept.update(self._handles)
-            for name in self._handles:
-                if name not in self._entries:  # reused ones say how they came
-                    self._outcomes[name] = "kept"
-        for backend in set(self._backends.values()):
-            backend.disown()
 
     def plan(self) -> dict[str, tuple[str, bool]]:
         """Where each service would run, without starting anything: name -> (backend, outlives its owner).
@@ -332,20 +321,10 @@ class Environment(_Scheduler):
 
         Whoever stores it must protect it as a secret (svcenv writes such files with mode 0600).
         """
-        services = {handle.name: self._snapshot_of(handle) for handle in self}
-        return {"id": self.id, "owner_pid": os.getpid(), "version": __version__, "services": services}
+        from .recorded import snapshot_of
 
-    @staticmethod
-    def _snapshot_of(handle: ServiceHandle) -> dict[str, Any]:
-        return {
-            "backend": handle.backend,
-            "id": handle.id,
-            "host": handle.host,
-            "image": handle.image,
-            "ports": {str(k): v for k, v in handle.ports.items()},
-            "secrets": dict(handle._resolved.secrets),
-            "credentials": dict(handle._instance.credentials),
-        }
+        services = {handle.name: snapshot_of(handle) for handle in self}
+        return {"id": self.id, "owner_pid": os.getpid(), "version": __version__, "services": services}
 
     @classmethod
     def from_compose(
@@ -361,16 +340,9 @@ class Environment(_Scheduler):
         the file says that svcenv ignores or changes is logged as a warning (see
         :func:`svcenv.compose.load_compose`).
         """
-        import logging
+        from .compose import compose_services
 
-        from .compose import load_compose
-
-        notices: list[str] = []
-        chosen = None if services is None else list(services)
-        descriptors = load_compose(path, chosen, list(profiles), notices=notices)
-        for notice in notices:
-            logging.getLogger("svcenv").warning("%s: %s", os.fspath(path), notice)
-        return cls(*descriptors, **options)
+        return cls(*compose_services(path, services, profiles), **options)
 
     @classmethod
     def attach(cls, snapshot: Mapping[str, Any], *services: Service) -> Environment:
@@ -402,10 +374,10 @@ class Environment(_Scheduler):
         return {handle.name: self._entries.get(handle.name) or self._entry(handle.name) for handle in self}
 
     def _entry(self, name: str, reuse_hash: str | None = None) -> Record:
-        from .recorded import entry_of
+        from .recorded import entry_of, snapshot_of
 
         handle = self._handles[name]
-        return entry_of(handle, self._snapshot_of(handle), self.id, reuse_hash)
+        return entry_of(handle, snapshot_of(handle), self.id, reuse_hash)
 
     @property
     def attached(self) -> bool:

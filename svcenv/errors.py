@@ -55,6 +55,13 @@ class ServiceExited(SvcenvError):
     """The service's process or container stopped while svcenv was waiting for it."""
 
 
+class ServiceUnhealthy(SvcenvError):
+    """The service's own health check (Docker's ``HEALTHCHECK``) reports it unhealthy, or it has none to ask.
+
+    Raised by :class:`~svcenv.probes.Healthy` at once: waiting longer cannot help.
+    """
+
+
 @dataclass(frozen=True)
 class ServiceFailure:
     """Why one service did not become ready."""
@@ -80,7 +87,8 @@ class ServiceStartError(SvcenvError):
 
     ``failures`` lists every service that failed, each with its backend, image,
     the last probe error and the tail of its log. By the time this is raised,
-    everything the environment had started has been removed.
+    everything the environment had started has been removed, unless
+    :attr:`teardown_problems` (and the message) say what could not be.
     """
 
     def __init__(self, failures: Sequence[ServiceFailure]) -> None:
@@ -99,5 +107,31 @@ class ServiceStartError(SvcenvError):
         """Names of the services that failed."""
         return tuple(f.service for f in self.failures)
 
+    teardown_problems: tuple[str, ...] = ()
+    """What the teardown after the failure could not remove (empty: nothing is left)."""
+
+    def teardown_incomplete(self, problems: Sequence[str]) -> None:
+        """Say in the message that the teardown after the failure left ``problems``."""
+        self.teardown_problems = tuple(problems)
+        self.args = (
+            self._message()
+            + "\nthe teardown after it was incomplete: "
+            + "; ".join(problems)
+            + "; `python -m svcenv prune` removes what is left",
+        )
+
     def __reduce__(self) -> tuple[type[ServiceStartError], tuple[tuple[ServiceFailure, ...]]]:
         return (type(self), (self.failures,))
+
+
+class BuildFailed(ServiceStartError):
+    """The image of a service with ``build=`` could not be built.
+
+    ``failures`` holds the one service, with the engine's error as its reason and
+    the last lines of the build log as its ``log_tail``.
+    """
+
+    @property
+    def service(self) -> str:
+        """The service whose image did not build."""
+        return self.failures[0].service

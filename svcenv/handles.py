@@ -89,7 +89,35 @@ class ServiceHandle:
     @property
     def url(self) -> str:
         """``scheme://host:port`` of the first port (kinds add credentials and paths)."""
-        return f"{self._connection('scheme', self.descriptor.scheme)}://{self.host}:{self.port}"
+        return self._url_at(self.host, self.port)
+
+    def _url_at(self, host: str, port: int) -> str:
+        """:attr:`url` with another address (kinds add credentials and paths)."""
+        return f"{self._connection('scheme', self.descriptor.scheme)}://{host}:{port}"
+
+    # -- the address inside the environment (other services of it connect here) ---------------
+
+    @property
+    def internal_host(self) -> str:
+        """Where the environment's other services reach it: on Docker its service name (on the
+        environment's network), elsewhere :attr:`host`."""
+        return self._instance.internal_host
+
+    @property
+    def internal_port(self) -> int:
+        """The port of the service's first port on :attr:`internal_host` (on Docker: the container port)."""
+        return self.internal_port_for(None)
+
+    def internal_port_for(self, container_port: int | None) -> int:
+        """The port for ``container_port`` (``None``: the first port) on :attr:`internal_host`."""
+        self.port_for(container_port)  # the same errors for a port it does not have
+        ports = self._instance.internal_ports
+        return ports[self._resolved.ports[0] if container_port is None else container_port]
+
+    @property
+    def internal_url(self) -> str:
+        """:attr:`url` as the environment's other services use it: at :attr:`internal_host`:attr:`internal_port`."""
+        return self._url_at(self.internal_host, self.internal_port)
 
     def _connection(self, key: str, default: str) -> str:
         """``key`` from the instance's ``credentials`` (an external service's URL), else ``default``."""
@@ -108,6 +136,11 @@ class ServiceHandle:
     def exec(self, argv: Sequence[str]) -> tuple[int, str]:
         """Run ``argv`` inside the service; return (exit status, output)."""
         return self._instance.exec(list(argv))
+
+    def health(self) -> tuple[str, str] | None:
+        """``(status, last check's output)`` of its own health check (Docker's ``HEALTHCHECK``:
+        ``starting``, ``healthy`` or ``unhealthy``), asked now; None if it has none."""
+        return self._instance.health()
 
     # -- environment variables ----------------------------------------------------------------
 
@@ -147,17 +180,25 @@ class DatabaseHandle(ServiceHandle):
     def dbname(self) -> str:
         return self._connection("dbname", getattr(self.descriptor, "dbname", ""))
 
-    def url_for(self, dbname: str) -> str:
-        """The URL of another database on the same server."""
+    def url_for(self, dbname: str, *, internal: bool = False) -> str:
+        """The URL of another database on the same server (``internal``: at :attr:`internal_host`)."""
+        if internal:
+            return self._database_url(dbname, self.internal_host, self.internal_port)
+        return self._database_url(dbname, self.host, self.port)
+
+    def _database_url(self, dbname: str, host: str, port: int) -> str:
         return (
             f"{self.url_scheme}://{quote(self.user, safe='')}:{quote(self.password, safe='')}"
-            f"@{self.host}:{self.port}/{quote(dbname, safe='')}"
+            f"@{host}:{port}/{quote(dbname, safe='')}"
         )
 
     @property
     def url(self) -> str:
         """``scheme://user:password@host:port/dbname``."""
         return self.url_for(self.dbname)
+
+    def _url_at(self, host: str, port: int) -> str:
+        return self._database_url(self.dbname, host, port)
 
 
 class PostgresHandle(DatabaseHandle):
@@ -199,16 +240,25 @@ class RedisHandle(ServiceHandle):
         """The AUTH password ("" when the server has none)."""
         return self._connection("password", self._resolved.secrets.get("password", ""))
 
-    def url_for(self, db: int | None = None) -> str:
-        """``redis://[[user]:password@]host:port/db`` (``db`` ``None``: the one the backend names, else 0)."""
+    def url_for(self, db: int | None = None, *, internal: bool = False) -> str:
+        """``redis://[[user]:password@]host:port/db`` (``db`` ``None``: the one the backend names, else 0;
+        ``internal``: at :attr:`internal_host`)."""
+        if internal:
+            return self._redis_url(db, self.internal_host, self.internal_port)
+        return self._redis_url(db, self.host, self.port)
+
+    def _redis_url(self, db: int | None, host: str, port: int) -> str:
         user = quote(self._connection("user", ""), safe="")
         auth = f"{user}:{quote(self.password, safe='')}@" if self.password else ""
         db = int(self._connection("db", "0")) if db is None else db
-        return f"{self._connection('scheme', 'redis')}://{auth}{self.host}:{self.port}/{db}"
+        return f"{self._connection('scheme', 'redis')}://{auth}{host}:{port}/{db}"
 
     @property
     def url(self) -> str:
         return self.url_for()
+
+    def _url_at(self, host: str, port: int) -> str:
+        return self._redis_url(None, host, port)
 
     def client(self, db: int | None = None, **kwargs: Any) -> redis.Redis:
         """A :class:`redis.Redis` on logical database ``db``."""

@@ -21,7 +21,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .errors import CredentialsRejected, ProbeFailed, ServiceExited
+from ._util import DaemonJob
+from .errors import CredentialsRejected, ProbeFailed, ServiceExited, ServiceUnhealthy
 
 if TYPE_CHECKING:
     from tenacity import RetryCallState
@@ -34,6 +35,7 @@ __all__ = [
     "AllOf",
     "Command",
     "ElasticsearchHealth",
+    "Healthy",
     "LogLine",
     "PostgresQuery",
     "Probe",
@@ -233,6 +235,23 @@ class ElasticsearchHealth(Probe):
             raise ProbeFailed(f"elasticsearch: cluster status {body.get('status')!r}, want {self.status!r}")
 
 
+@dataclass(frozen=True)
+class Healthy(Probe):
+    """Ready when Docker reports the ``HEALTHCHECK`` (the image's, or ``options["healthcheck"]``) ``healthy``;
+    ``unhealthy``, or no health check at all, fails the start at once (:class:`~svcenv.errors.ServiceUnhealthy`)."""
+
+    def check(self, service: ServiceHandle) -> None:
+        health = service.health()
+        if health is None:
+            hint = "give the image a HEALTHCHECK, or options={'healthcheck': ...}"
+            raise ServiceUnhealthy(f"Healthy() needs a health check; this {service.backend} service has none: {hint}")
+        status, output = health[0], health[1][-300:] or "(no output)"
+        if status == "unhealthy":
+            raise ServiceUnhealthy(f"HEALTHCHECK reports unhealthy (slow start? --start-period); last check: {output}")
+        if status != "healthy":
+            raise ProbeFailed(f"HEALTHCHECK status {status!r}; last check: {output}")
+
+
 _AT_LEAST = {"green": ("green",), "yellow": ("green", "yellow"), "red": ("green", "yellow", "red")}
 
 
@@ -260,26 +279,13 @@ def bounded_check(
     When an attempt is cut short, the error of the one before it (``last``), if any,
     says more than the cut.
     """
-    outcome: list[BaseException | None] = []
-
-    def attempt() -> None:
-        try:
-            probe.check(service)
-            outcome.append(None)
-        except BaseException as exc:
-            outcome.append(exc)
-
-    worker = threading.Thread(target=attempt, name=f"svcenv-probe-{service.name}", daemon=True)
-    worker.start()
-    while not outcome and worker.is_alive():
-        left = deadline - time.monotonic()
-        if left <= 0 or cancel.is_set():
-            if isinstance(last, ProbeFailed):
-                raise last
-            raise ProbeFailed(f"{type(probe).__name__} did not answer before the deadline (it blocks)")
-        worker.join(min(left, 0.05))
-    if outcome and outcome[0] is not None:
-        raise outcome[0]
+    job = DaemonJob(lambda: probe.check(service), f"svcenv-probe-{service.name}")
+    if not job.wait(deadline, cancel):
+        if isinstance(last, ProbeFailed):
+            raise last
+        raise ProbeFailed(f"{type(probe).__name__} did not answer before the deadline (it blocks)")
+    if job.error is not None:
+        raise job.error
 
 
 def wait_until_ready(

@@ -25,7 +25,22 @@ if TYPE_CHECKING:
     from .environment import Environment
     from .handles import ServiceHandle
 
-__all__ = ["attach_entries", "attached_probe", "container_state", "entry_of", "health", "remove_entry"]
+__all__ = ["attach_entries", "attached_probe", "container_state", "entry_of", "health", "remove_entry", "snapshot_of"]
+
+
+def snapshot_of(handle: ServiceHandle) -> dict[str, Any]:
+    """One service's part of :meth:`Environment.snapshot` (secrets included)."""
+    return {
+        "backend": handle.backend,
+        "id": handle.id,
+        "host": handle.host,
+        "image": handle.image,
+        "ports": {str(k): v for k, v in handle.ports.items()},
+        "internal_host": handle.internal_host,
+        "internal_ports": {str(k): v for k, v in handle._instance.internal_ports.items()},
+        "secrets": dict(handle._resolved.secrets),
+        "credentials": dict(handle._instance.credentials),
+    }
 
 
 def entry_of(handle: ServiceHandle, snapshot: Mapping[str, Any], env_id: str, reuse_hash: str | None) -> Record:

@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import fields
 from typing import Any
 
+from .container import CONTAINER_FIELDS, from_spec_value, spec_value
 from .descriptors import KINDS, Service
 from .probes import HTTP, TCP, AllOf, Command, LogLine, Probe, from_record, to_record
 
@@ -71,6 +72,8 @@ def build_service(spec: Mapping[str, Any]) -> Service:
             kwargs["probe"] = _build_probe(value)
         elif key in ("ports", "depends_on", "tmpfs", "command"):
             kwargs[key] = tuple(value)
+        elif key in CONTAINER_FIELDS:
+            kwargs[key] = from_spec_value(key, value)
         elif key in names:
             kwargs[key] = value
     if "version" in spec and "image" not in spec:
@@ -89,11 +92,14 @@ def spec_of(service: Service) -> Spec:
         value = getattr(service, f.name)
         if f.name == "probe":
             value = _probe_spec(value)
+        elif f.name in CONTAINER_FIELDS:
+            value = spec_value(service, f.name)
         elif isinstance(value, tuple):
             value = list(value)
         elif isinstance(value, Mapping):
             value = dict(value)
         if value is not None:
             spec[f.name] = value
-    spec["image"] = service.effective_image
+    if service.build is None:  # a built image is named by its build (and tagged when it is built)
+        spec["image"] = service.effective_image
     return spec

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -31,7 +32,7 @@ IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 os.environ.setdefault("SVCENV_PULL", "never")
 
 
-ENGINE_FIXTURES = {"docker_engine", "leaks", "mysql_image"}
+ENGINE_FIXTURES = {"docker_engine", "leaks", "mysql_image", "base_image", "built_images"}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -73,9 +74,25 @@ def _engine_answers() -> bool:
 
 
 def dangling_volumes() -> set[str]:
+    """Anonymous volumes no container uses (named ones are counted by label: another session's may be
+    between its containers for a moment)."""
     if not _engine_answers():
         return set()
-    return set(docker("volume", "ls", "-qf", "dangling=true").split())
+    return {v for v in docker("volume", "ls", "-qf", "dangling=true").split() if re.fullmatch(r"[0-9a-f]{64}", v)}
+
+
+def networks(label: str = "svcenv.environment") -> list[str]:
+    """Names of the networks that carry ``label`` (``key`` or ``key=value``)."""
+    if not _engine_answers():
+        return []
+    return docker("network", "ls", "--format", "{{.Name}}", "--filter", f"label={label}").split()
+
+
+def named_volumes(label: str = "svcenv.environment") -> list[str]:
+    """Names of the volumes that carry ``label`` (``key`` or ``key=value``)."""
+    if not _engine_answers():
+        return []
+    return docker("volume", "ls", "-q", "--filter", f"label={label}").split()
 
 
 @pytest.fixture(scope="session")
@@ -102,6 +119,34 @@ def docker_engine() -> Iterator[None]:
 
 
 @pytest.fixture(scope="session")
+def base_image(docker_engine: None) -> str:
+    """A Debian image with python3 and bash to build test images ``FROM``: ``svcenv-test/base:bookworm``,
+    else the newest ``svcenv-test/base`` tag (tests/images/build.sh tags it by its recipe's hash)."""
+    tags = docker("images", "--format", "{{.Repository}}:{{.Tag}}", "svcenv-test/base").split()
+    if "svcenv-test/base:bookworm" in tags:
+        return "svcenv-test/base:bookworm"
+    if not tags:
+        need("no svcenv-test/base image; build the test images with `bash tests/images/build.sh`")
+    return tags[0]  # `docker images` lists the newest first
+
+
+@pytest.fixture
+def built_images(docker_engine: None) -> Iterator[set[str]]:
+    """Removes, after the test, every image svcenv built during it (label ``svcenv.build=true``).
+
+    Yields the ids of the built images that were there before the test (left alone).
+    """
+
+    def ids() -> set[str]:
+        return set(docker("images", "-q", "--no-trunc", "--filter", "label=svcenv.build=true").split())
+
+    before = ids()
+    yield before
+    for image in ids() - before:
+        subprocess.run(["docker", "rmi", "-f", image], capture_output=True, timeout=60, check=False)
+
+
+@pytest.fixture(scope="session")
 def mysql_image(docker_engine: None) -> str:
     """The MySQL/MariaDB test image, present on the engine (else skipped locally, failed in CI)."""
     image = os.environ[MYSQL_IMAGE[0]]
@@ -121,8 +166,18 @@ class LeakCheck:
     def leftovers(self) -> list[str]:
         return containers(f"svcenv.test={self.token}")
 
+    def networks(self) -> list[str]:
+        """The test's networks (each environment has one while it has containers)."""
+        return networks(f"svcenv.test={self.token}")
+
+    def volumes(self) -> list[str]:
+        """The test's named volumes."""
+        return named_volumes(f"svcenv.test={self.token}")
+
     def assert_clean(self) -> None:
         assert self.leftovers() == [], "svcenv containers leaked"
+        assert self.networks() == [], "svcenv networks leaked"
+        assert self.volumes() == [], "svcenv named volumes leaked"
         leaked_volumes = dangling_volumes() - self.volumes_before
         assert not leaked_volumes, f"anonymous volumes leaked: {leaked_volumes}"
 

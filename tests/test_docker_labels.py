@@ -62,10 +62,10 @@ def test_a_testcontainers_session_reaper_leaves_svcenv_containers_alone(
         client.close()
 
 
-def test_svcenv_containers_carry_only_svcenv_labels_and_the_default_bridge(
+def test_svcenv_containers_carry_only_svcenv_labels_and_only_the_environments_network(
     sdk: docker.DockerClient, leaks: LeakCheck
 ) -> None:
-    with Environment(Redis(), Postgres(), labels=leaks.labels):
+    with Environment(Redis(), Postgres(), labels=leaks.labels) as env:
         ours = _svcenv_containers(sdk, leaks)
         assert len(ours) == 2
         for container in ours:
@@ -73,7 +73,8 @@ def test_svcenv_containers_carry_only_svcenv_labels_and_the_default_bridge(
             assert not [k for k in labels if k.startswith("org.testcontainers")], labels
             assert {k for k in labels if not k.startswith("svcenv.")} == set(), labels
             assert labels["svcenv.test"] == leaks.token
-            assert set(container.attrs["NetworkSettings"]["Networks"]) == {"bridge"}
+            # Neither the default bridge nor any network of the caller's: the environment's own, and only it.
+            assert set(container.attrs["NetworkSettings"]["Networks"]) == {f"svcenv-{env.id}"}
 
 
 @pytest.mark.parametrize("service", [Redis, Postgres])

@@ -14,6 +14,7 @@ from svcenv.probes import (
     TCP,
     Command,
     ElasticsearchHealth,
+    Healthy,
     LogLine,
     PostgresQuery,
     Probe,
@@ -31,6 +32,7 @@ SHIPPED = [
     PostgresQuery(timeout=5),
     RedisPing(timeout=2.0),
     ElasticsearchHealth("green", timeout=3.0),
+    Healthy(),
     TCP() & HTTP("/") & LogLine("up"),
 ]
 

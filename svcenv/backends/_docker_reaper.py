@@ -6,7 +6,8 @@ sleeps in ``read()``. The owner writes ``disarm`` on a clean stop (or when it
 hands the services over, e.g. ``--svcenv-keep``), and the reaper exits without
 touching anything. If the read ends at EOF instead, the owner is gone: the
 reaper removes every container (with its anonymous volumes) labelled
-``svcenv.environment=ENV_ID``, except those labelled ``svcenv.keep=true``.
+``svcenv.environment=ENV_ID``, except those labelled ``svcenv.keep=true``, and
+then the environment's network and named volumes unless a kept container uses them.
 
 It runs in its own session, so a Ctrl-C aimed at the owner's process group
 does not reach it, and it imports the Docker SDK only when it has work to do.
@@ -48,9 +49,13 @@ def reap(env_id: str) -> int:
     """Remove the environment's containers, sparing kept ones; return how many."""
     import docker
 
+    from .docker_network import remove_unused
+
     client = docker.from_env(timeout=30)
     try:
-        return remove_labelled(client, {"svcenv.environment": env_id}, spare_kept=True)
+        removed = remove_labelled(client, {"svcenv.environment": env_id}, spare_kept=True)
+        remove_unused(client, {"svcenv.environment": env_id})  # its network and volumes, unless kept ones use them
+        return removed
     finally:
         client.close()
 

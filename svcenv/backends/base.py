@@ -31,6 +31,17 @@ class Instance(ABC):
     credentials: Mapping[str, str] = {}
     """Connection settings the backend knows better than the descriptor (an external URL's user, password, ...)."""
 
+    @property
+    def internal_host(self) -> str:
+        """The address other services of the environment reach it at (Docker: its service name on the
+        environment's network; elsewhere :attr:`host`)."""
+        return self.host
+
+    @property
+    def internal_ports(self) -> Mapping[int, int]:
+        """Container (or service) port -> port on :attr:`internal_host` (elsewhere than Docker: :attr:`ports`)."""
+        return self.ports
+
     @abstractmethod
     def start(self) -> None:
         """Start the created service; fills :attr:`ports`."""
@@ -55,6 +66,11 @@ class Instance(ABC):
         """Remove the service for good: what ``stop()`` does, and also for an attached instance."""
         self.stop()
 
+    def health(self) -> tuple[str, str] | None:
+        """``(status, output of the last check)`` of the service's own health check (Docker's
+        ``HEALTHCHECK``: ``starting``, ``healthy``, ``unhealthy``); None when it has none."""
+        return None
+
     def state(self) -> tuple[str, dict[str, str]]:
         """``(status, labels)`` now: status ``running`` while it runs, else e.g. ``exited`` or ``missing``."""
         return ("running" if self.exit_status() is None else "exited"), {}
@@ -70,12 +86,23 @@ class AttachedInstance(Instance):
         host: str,
         ports: Mapping[int, int],
         credentials: Mapping[str, str] | None = None,
+        internal_host: str | None = None,
+        internal_ports: Mapping[int, int] | None = None,
     ) -> None:
         self.backend = backend
         self.id = id
         self.host = host
         self.ports = dict(ports)
         self.credentials = dict(credentials or {})
+        self._internal = (internal_host or host, dict(self.ports if internal_ports is None else internal_ports))
+
+    @property
+    def internal_host(self) -> str:
+        return self._internal[0]
+
+    @property
+    def internal_ports(self) -> Mapping[int, int]:
+        return self._internal[1]
 
     def start(self) -> None:
         """Nothing to start: the owner started it."""
@@ -96,8 +123,15 @@ class AttachedInstance(Instance):
     def from_snapshot(cls, snapshot: Mapping[str, Any]) -> AttachedInstance:
         """From one service entry of an environment snapshot."""
         ports = {int(k): int(v) for k, v in (snapshot.get("ports") or {}).items()}
+        internal = snapshot.get("internal_ports")
         return cls(
-            str(snapshot["backend"]), str(snapshot["id"]), str(snapshot["host"]), ports, snapshot.get("credentials")
+            str(snapshot["backend"]),
+            str(snapshot["id"]),
+            str(snapshot["host"]),
+            ports,
+            snapshot.get("credentials"),
+            snapshot.get("internal_host"),
+            None if internal is None else {int(k): int(v) for k, v in internal.items()},
         )
 
 
@@ -132,9 +166,6 @@ class Backend(ABC):
     def cleanup(self, labels: Mapping[str, str]) -> int:
         """Remove anything this backend made that carries ``labels``; return how many."""
 
-    def prewarm(self, resolved: Resolved, labels: Mapping[str, str]) -> None:
-        """Prepare now what creating ``resolved`` will need (docker: a pre-initialised Postgres image)."""
-
     def attach(self, snapshot: Mapping[str, Any]) -> Instance:
         """An instance for a service another process started, from one service entry of a snapshot.
 
@@ -144,6 +175,14 @@ class Backend(ABC):
         the engine (or the process) now.
         """
         raise NotImplementedError(f"the {self.name} backend cannot attach to services another process started")
+
+    def capabilities(self) -> dict[str, str]:
+        """Kind -> what would run it here, or why not (for ``doctor``); empty if the backend does not say."""
+        return {}
+
+    def image_problem(self, service: Service) -> str | None:
+        """What stands between ``service``'s image and a start here (missing, not pullable), or None."""
+        return None
 
     def remove_labelled(self, labels: Mapping[str, str]) -> int:
         """Remove every service (of any owner) that carries ``labels``; return how many."""

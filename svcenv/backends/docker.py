@@ -5,9 +5,14 @@ What svcenv does, and why:
 * Containers carry svcenv's labels only (``svcenv.*`` and those the caller
   passes): no ``org.testcontainers.*`` label, so a Ryuk that testcontainers
   starts in the same process never removes svcenv's (kept or reused) containers.
-* A container joins the engine's default bridge, as ``docker run`` does; never
-  a network the caller did not ask for (testcontainers would attach the
-  caller's own network when it runs inside a container).
+* Each environment has a bridge network of its own, made on its first
+  container: every container joins it (and no other: never the default bridge,
+  nor the caller's own network, which testcontainers would attach when it runs
+  inside a container) with its service name as alias, so services reach each
+  other by name (:attr:`Instance.internal_host`). It goes with the last container
+  (see :mod:`svcenv.backends.docker_network`), as do the environment's named volumes.
+* ``Service(build=...)`` images are built on the engine and cached by the hash of
+  their context (see :mod:`svcenv.backends.docker_build`).
 * Ports publish on 127.0.0.1. For a remote engine (``DOCKER_HOST=tcp://…``/``ssh://…``)
   loopback would be unreachable, so they publish on the engine's interfaces and
   svcenv connects to the engine's host. ``SVCENV_DOCKER_BIND`` overrides the bind address.
@@ -29,77 +34,34 @@ What svcenv does, and why:
 from __future__ import annotations
 
 import contextlib
-import io
 import os
 import subprocess
 import sys
-import tarfile
 import threading
-import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import replace
-from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Any, cast
 
 from .._util import flag
-from ..errors import BackendUnavailable, ImageUnavailable, ServiceExited
-from .base import LABEL_ENVIRONMENT, LABEL_SERVICE, Backend, Instance
-from .docker_host import _is_loopback, engine_host, hub_image
+from ..errors import BackendUnavailable, ServiceExited
+from .base import LABEL_ENVIRONMENT, Backend, Instance
+from .docker_container import create_container, put_files, tar_of
+from .docker_host import _is_loopback, engine_host, ensure_image, hub_image, vanished
+from .docker_network import Shared
 
 if TYPE_CHECKING:
     from docker import DockerClient
     from docker.models.containers import Container
 
-    from ..descriptors import Resolved
+    from ..descriptors import Resolved, Service
 
+__all__ = ["DockerBackend", "DockerInstance", "put_files", "tar_of"]
 
 PING_TIMEOUT = 5
 """Seconds an engine gets to answer svcenv's first ping."""
 
 API_TIMEOUT = 60
 """Seconds any later call to the engine may take (docker-py's default)."""
-
-
-@contextlib.contextmanager
-def _vanished(image: str) -> Iterator[None]:
-    """An image that went missing after svcenv checked it (removed meanwhile) is an ImageUnavailable.
-
-    Nothing is pulled then: svcenv pulls only in its check (and the cache images are in no registry).
-    """
-    import docker.errors
-
-    try:
-        yield
-    except docker.errors.ImageNotFound as exc:
-        said = " ".join(str(exc.explanation or exc).split())
-        never = os.environ.get("SVCENV_PULL", "missing").lower() == "never"
-        raise ImageUnavailable(
-            f"image {image!r} vanished from the engine after svcenv checked it (removed meanwhile, e.g. by "
-            f"`docker rmi` or `python -m svcenv cache clear`: {said}); svcenv does not pull it at this point"
-            + (" (and SVCENV_PULL=never forbids pulling it)" if never else "")
-            + ". Start again."
-        ) from exc
-
-
-def tar_of(files: Mapping[str, tuple[bytes, int]]) -> bytes:
-    """An in-memory tar of ``files`` (absolute container path -> (content, mode)), owned by root, to
-    extract at ``/``. It holds no directory entries: the engine creates missing parents (root, 0755)
-    and leaves existing ones (``/run``, ``/tmp``) as they are."""
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as tar:
-        for path, (content, mode) in files.items():
-            info = tarfile.TarInfo(str(PurePosixPath(path).relative_to("/")))
-            info.size, info.mode, info.mtime = len(content), mode, int(time.time())
-            info.uid = info.gid = 0
-            info.uname = info.gname = "root"
-            tar.addfile(info, io.BytesIO(content))
-    return buffer.getvalue()
-
-
-def put_files(container: Container, files: Mapping[str, tuple[bytes, int]]) -> None:
-    """Copy ``files`` into the (created, maybe not started) ``container``: nothing in its argv or config."""
-    if not container.put_archive("/", tar_of(files)):
-        raise ServiceExited(f"the engine refused to copy {sorted(files)} into the container")
 
 
 class DockerInstance(Instance):
@@ -113,6 +75,8 @@ class DockerInstance(Instance):
         host: str,
         ports: tuple[int, ...],
         post_start: Callable[[Container], None] | None = None,
+        alias: str | None = None,
+        on_removed: Callable[[], None] | None = None,
     ) -> None:
         self._post_start = post_start
         self._container = container
@@ -121,6 +85,18 @@ class DockerInstance(Instance):
         self._wanted = ports
         self.ports: dict[int, int] = {}
         self._removed = False
+        self._alias = alias or host
+        self._on_removed = on_removed
+
+    @property
+    def internal_host(self) -> str:
+        """Its service name: the alias it has on the environment's network."""
+        return self._alias
+
+    @property
+    def internal_ports(self) -> Mapping[int, int]:
+        """Each container port as itself: on the network, nothing is published or mapped."""
+        return {port: port for port in self._wanted}
 
     def start(self) -> None:
         self._container.start()
@@ -150,6 +126,8 @@ class DockerInstance(Instance):
             if exc.status_code != 409:
                 raise
         self._removed = True
+        if self._on_removed is not None:
+            self._on_removed()  # the environment's last container takes its network and volumes along
 
     def exit_status(self) -> int | None:
         import docker.errors
@@ -165,6 +143,15 @@ class DockerInstance(Instance):
         if state.get("Status") in ("exited", "dead"):
             return int(state.get("ExitCode", -1))
         return None
+
+    def health(self) -> tuple[str, str] | None:
+        """Docker's view of the image's (or ``options["healthcheck"]``'s) HEALTHCHECK, asked now."""
+        self.exit_status()  # reloads
+        health = (self._container.attrs.get("State") or {}).get("Health")
+        if not health:
+            return None
+        checks = health.get("Log") or [{}]
+        return str(health.get("Status")), str(checks[-1].get("Output") or "").strip()
 
     def logs(self, tail: int | None = None) -> str:
         import docker.errors
@@ -193,6 +180,7 @@ class DockerBackend(Backend):
         self._error: BackendUnavailable | None = None
         self._reaper: subprocess.Popen[bytes] | None = None
         self._reaper_lock = threading.Lock()  # services are created from several threads at once
+        self._shared = Shared()
 
     def _arm_reaper(self, env_id: str) -> None:
         """Start the process that removes this environment's containers if this process dies."""
@@ -268,80 +256,59 @@ class DockerBackend(Backend):
             return explicit
         return "127.0.0.1" if _is_loopback(self.host) else "0.0.0.0"  # noqa: S104 (remote engine)
 
-    def _ensure_image(self, resolved: Resolved) -> None:
-        """Make sure ``resolved.image`` (exactly that name) is on the engine: pull it, or refuse."""
-        import docker.errors
-
-        images = self.client.images
-        try:
-            images.get(resolved.image)
-            return
-        except docker.errors.ImageNotFound:
-            pass
-        hint = f"SVCENV_{resolved.service.kind.upper()}_IMAGE" if resolved.service.kind != "service" else "image="
-        if os.environ.get("SVCENV_PULL", "missing").lower() == "never":
-            raise ImageUnavailable(
-                f"image {resolved.image!r} is not on the engine and SVCENV_PULL=never forbids pulling it. "
-                f"Build or pull it first, or choose another image with {hint}."
-            )
-        try:
-            images.pull(resolved.image)
-        except docker.errors.APIError as exc:
-            said = " ".join(str(exc.explanation or exc).split())
-            raise ImageUnavailable(
-                f"image {resolved.image!r} is not on the engine and could not be pulled ({said}). "
-                f"Build or pull it first, or choose another image with {hint}."
-            ) from exc
-
     def create(self, resolved: Resolved, labels: Mapping[str, str]) -> DockerInstance:
         from . import pgcache
 
         self._arm_reaper(labels.get(LABEL_ENVIRONMENT, ""))
-        resolved = replace(resolved, image=hub_image(resolved.image))
-        self._ensure_image(resolved)
+        resolved = self._image_for(resolved)
         post_start: Callable[[Container], None] | None = None
         if pgcache.enabled(resolved):
             # The cache image is built from the image just checked, on this engine: it is used as named.
-            with _vanished(resolved.image):
+            with vanished(resolved.image):
                 resolved, _ = pgcache.prepare(self.client, resolved, labels)
             timeout = resolved.service.effective_timeout
             final = resolved
             post_start = lambda container: pgcache.set_password(container, final, timeout)  # noqa: E731
         bind = self.bind_address
         env_id = labels.get(LABEL_ENVIRONMENT, "x")
-        # containers.create never pulls (docker-py's containers.run would): an image removed since
-        # the check is an ImageNotFound here, whatever SVCENV_PULL says.
-        with _vanished(resolved.image):
-            created = self._create_container(resolved, labels, bind, env_id)
-        if resolved.files:
-            try:
-                put_files(created, resolved.files)
-            except BaseException:
-                with contextlib.suppress(Exception):
-                    created.remove(force=True, v=True)
-                raise
-        return DockerInstance(created, self.host, resolved.ports, post_start)
+        network = self._shared.acquire(self.client, labels, resolved.volumes)
+        client = self.client
+        try:
+            # An image removed since the check is an ImageNotFound here, whatever SVCENV_PULL says.
+            with vanished(resolved.image):
+                created = create_container(client, resolved, labels, bind, env_id, network)
+            if resolved.files:
+                try:
+                    put_files(created, resolved.files)
+                except BaseException:
+                    with contextlib.suppress(Exception):
+                        created.remove(force=True, v=True)
+                    raise
+        except BaseException:
+            self._shared.release(client, env_id)
+            raise
+        release = lambda: self._shared.release(client, env_id)  # noqa: E731
+        return DockerInstance(created, self.host, resolved.ports, post_start, resolved.name, release)
 
-    def _create_container(self, resolved: Resolved, labels: Mapping[str, str], bind: str, env_id: str) -> Container:
-        return self.client.containers.create(
-            resolved.image,
-            command=list(resolved.command) if resolved.command is not None else None,
-            environment=dict(resolved.env),
-            # docker-py takes (host_ip,) as "this interface, any free port" (its stubs do not say so).
-            ports={f"{port}/tcp": cast(Any, (bind,)) for port in resolved.ports},
-            labels={**labels, LABEL_SERVICE: resolved.name},
-            name=f"svcenv-{env_id}-{resolved.name}",
-            tmpfs=dict.fromkeys(resolved.tmpfs, ""),
-            entrypoint=list(resolved.entrypoint) if resolved.entrypoint else None,
-            detach=True,
-        )
+    def _image_for(self, resolved: Resolved) -> Resolved:
+        """``resolved`` with the image to create: built now (``build=``), else checked or pulled."""
+        if resolved.service.build is not None:
+            from .docker_build import ensure_built
+
+            return replace(resolved, image=ensure_built(self.client, resolved.service))
+        resolved = replace(resolved, image=hub_image(resolved.image))
+        ensure_image(self.client, resolved)
+        return resolved
 
     def cleanup(self, labels: Mapping[str, str]) -> int:
         if self._client is None:
             return 0
         from ._docker_reaper import remove_labelled
+        from .docker_network import remove_unused
 
-        return remove_labelled(self._client, labels)
+        removed = remove_labelled(self._client, labels)
+        remove_unused(self._client, labels)  # the network and volumes, unless a container still uses them
+        return removed
 
     # -- containers another process started (see docker_records) ----------------------------
 
@@ -368,13 +335,6 @@ class DockerBackend(Backend):
 
     # -- the pre-initialised Postgres images (see pgcache) --------------------------------
 
-    def prewarm(self, resolved: Resolved, labels: Mapping[str, str]) -> None:
-        """Build the pre-initialised image for ``resolved`` now if it is cached and missing."""
-        from . import pgcache
-
-        if pgcache.enabled(resolved):
-            pgcache.prepare(self.client, resolved, labels)
-
     def cached_images(self) -> list[dict[str, str]]:
         """The pre-initialised Postgres images on the engine."""
         from . import pgcache
@@ -386,6 +346,36 @@ class DockerBackend(Backend):
         from . import pgcache
 
         return pgcache.clear(self.client)
+
+    def built_images(self) -> list[dict[str, str]]:
+        """The images built for ``Service(build=...)`` on the engine."""
+        from .docker_build import entries
+
+        return entries(self.client)
+
+    def image_problem(self, service: Service) -> str | None:
+        """See :meth:`Backend.image_problem`."""
+        import docker.errors
+
+        if service.build is not None or not service.effective_image:
+            return None
+        image = hub_image(service.effective_image)
+        try:
+            self.client.images.get(image)
+            return None
+        except docker.errors.ImageNotFound:
+            pass
+        except docker.errors.APIError as exc:
+            return f"image {image} could not be looked up on the engine ({' '.join(str(exc).split())})"
+        if os.environ.get("SVCENV_PULL", "missing").lower() == "never":
+            return f"image {image} is missing on the engine and SVCENV_PULL=never forbids pulling it"
+        return f"image {image} is missing on the engine: it would be pulled at the first start"
+
+    def clear_builds(self) -> int:
+        """Remove the images built for ``Service(build=...)`` that no container uses; return how many."""
+        from .docker_build import clear
+
+        return clear(self.client)
 
     def close(self) -> None:
         self.disown()  # everything is removed by now: the reaper has nothing left to do

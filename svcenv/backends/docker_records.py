@@ -54,6 +54,7 @@ class AttachedContainer(Instance):
         container = self._get()
         if container is None:
             return
+        env_id = (container.labels or {}).get(LABEL_ENVIRONMENT)
         try:
             container.remove(force=True, v=True)
         except docker.errors.NotFound:
@@ -61,6 +62,10 @@ class AttachedContainer(Instance):
         except docker.errors.APIError as exc:
             if exc.status_code != 409:  # 409: another path is removing it already
                 raise
+        if env_id:
+            from .docker_network import remove_unused
+
+            remove_unused(self._client(), {LABEL_ENVIRONMENT: env_id})  # unless its other containers use them
 
     def state(self) -> tuple[str, dict[str, str]]:
         """(status, labels) as the engine says now; status ``missing`` if there is no such container."""
@@ -92,10 +97,20 @@ class AttachedContainer(Instance):
 
 
 def remove_labelled(client: DockerClient, labels: Mapping[str, str]) -> int:
-    """Remove the containers carrying every one of ``labels`` with their volumes; return how many."""
+    """Remove the containers carrying every one of ``labels`` with their volumes, then the networks
+    and named volumes of their environments that nothing uses any more; return how many containers."""
     from ._docker_reaper import remove_labelled as remove
+    from .docker_network import remove_unused
 
-    return remove(client, labels)
+    filters: dict[str, str | list[str] | bool] = {"label": [f"{k}={v}" for k, v in labels.items()]}
+    envs = {
+        (c.labels or {}).get(LABEL_ENVIRONMENT)
+        for c in client.containers.list(all=True, filters=filters, ignore_removed=True)
+    }
+    removed = remove(client, labels)
+    for env_id in {*envs, labels.get(LABEL_ENVIRONMENT)} - {None}:
+        remove_unused(client, {LABEL_ENVIRONMENT: str(env_id)})
+    return removed
 
 
 class PruneIncomplete(Exception):
@@ -130,6 +145,10 @@ def prune(client: DockerClient, only: Mapping[str, str], keep_alive: Callable[[M
                 failures.append(f"{str(container.id)[:12]} ({' '.join(str(exc.explanation or exc).split())})")
         except Exception as exc:
             failures.append(f"{str(container.id)[:12]} ({type(exc).__name__}: {' '.join(str(exc).split())})")
+    from .docker_network import remove_unused
+
+    # Networks and named volumes of environments whose containers are gone (the engine keeps used ones).
+    remove_unused(client, only, keep_alive)
     if failures:
         raise PruneIncomplete(removed, failures)
     return removed

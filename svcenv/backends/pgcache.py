@@ -10,12 +10,14 @@ not reuse: each instance is a new container and holds no test data.
 
 The key hashes what ``initdb`` depends on: the base image's id (so a new base
 image invalidates it), the user, the database, ``POSTGRES_INITDB_ARGS`` and the
-other environment of the descriptor, and svcenv's cache format. Server settings
+other environment of the descriptor, its ``files`` (copied into the seed as well:
+init scripts run at its ``initdb``), and svcenv's cache format. Server settings
 (``-c``) are not in the key: they are passed on each start and need no initdb.
 The seed's password is not kept: each instance sets its own through the
 container's local socket, sending a SCRAM verifier, never the password itself.
 
-Opt out with ``Postgres(cache=False)`` or ``SVCENV_POSTGRES_CACHE=0``.
+Opt out with ``Postgres(cache=False)`` or ``SVCENV_POSTGRES_CACHE=0``; a descriptor
+with ``volumes`` or the ``user`` or ``platform`` option never uses the cache.
 """
 
 from __future__ import annotations
@@ -67,6 +69,8 @@ def enabled(resolved: Resolved) -> bool:
     service = resolved.service
     if not isinstance(service, Postgres) or not service.cache or service.command is not None:
         return False
+    if service.volumes or {"user", "platform"} & set(service.options):
+        return False  # where the data lives, or who initialises it, is the descriptor's to say
     return flag("SVCENV_POSTGRES_CACHE", default=True)
 
 
@@ -96,7 +100,11 @@ def cache_key(client: DockerClient, resolved: Resolved) -> str:
     """Hash of everything the initialised data directory depends on."""
     base_id = client.images.get(resolved.image).id
     env = {k: v for k, v in resolved.env.items() if k not in ("POSTGRES_PASSWORD", "PGDATA")}
-    material = json.dumps({"base": base_id, "env": env, "format": FORMAT}, sort_keys=True)
+    # The seed gets the descriptor's files too: init scripts (/docker-entrypoint-initdb.d) run at its initdb.
+    files = {path: [hashlib.sha256(content).hexdigest(), mode] for path, (content, mode) in resolved.files.items()}
+    material = json.dumps(
+        {"base": base_id, "env": env, "format": FORMAT, **({"files": files} if files else {})}, sort_keys=True
+    )
     return hashlib.sha256(material.encode()).hexdigest()[:16]
 
 
@@ -109,7 +117,7 @@ def _build(client: DockerClient, resolved: Resolved, key: str, labels: Mapping[s
     """Run a seed container, wait until it is ready, stop it cleanly and commit it."""
     import psycopg
 
-    from .docker import put_files
+    from .docker_container import put_files
 
     password = seed_password()
     # The password goes in a file (the image's POSTGRES_PASSWORD_FILE), removed before the commit:
@@ -128,7 +136,8 @@ def _build(client: DockerClient, resolved: Resolved, key: str, labels: Mapping[s
         detach=True,
     )
     try:
-        put_files(seed, {SEED_PASSWORD_FILE: (password.encode(), 0o600)})  # read by the entrypoint as root
+        # The password is read by the entrypoint as root; the descriptor's files (init scripts) at initdb.
+        put_files(seed, {**resolved.files, SEED_PASSWORD_FILE: (password.encode(), 0o600)})
         seed.start()
         user, dbname = resolved.env["POSTGRES_USER"], resolved.env["POSTGRES_DB"]
 

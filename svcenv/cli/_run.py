@@ -12,7 +12,7 @@ import threading
 from collections.abc import Mapping, Sequence
 from types import FrameType
 
-from ._common import Terminated, UsageError, say
+from ._common import EXIT_FAILED, Terminated, UsageError, say
 from ._start import Running, _foreground
 
 
@@ -71,12 +71,14 @@ def cmd_run(args: argparse.Namespace, cmd: Sequence[str]) -> int:
     try:
         with _foreground(args) as running:
             ran.append(running)
-            return _run_child(cmd, running.env.env_vars(), running)
+            status = _run_child(cmd, running.env.env_vars(), running)
+        # CMD succeeded but something may still run: that is a failure of this command.
+        return EXIT_FAILED if status == 0 and running.env.teardown_problems else status
     except (KeyboardInterrupt, Terminated) as exc:
-        status = ran[0].command_status if ran else None
-        if status is not None:  # after the teardown had reported: the command's status stands
-            say(f"interrupted after the command had exited with status {status} and the teardown had run")
-            return status
+        ended = ran[0].command_status if ran else None
+        if ended is not None:  # after the teardown had reported: the command's status stands
+            say(f"interrupted after the command had exited with status {ended} and the teardown had run")
+            return ended
         if isinstance(exc, Terminated):
             say("terminated before the command started")
             return 128 + signal.SIGTERM

@@ -19,6 +19,7 @@ from ..environment import Environment
 from ..errors import ConfigurationError
 from ..state import Record, StateDir, entries_of, new_record, project_key
 from ._common import (
+    EXIT_FAILED,
     EXIT_OK,
     Failed,
     Terminated,
@@ -267,14 +268,16 @@ def cmd_up(args: argparse.Namespace) -> int:
     if args.detach:
         install_stop_signals()
         return _up_detached(args, project_config(args), StateDir())
+    ran: list[Running] = []
     try:
         with _foreground(args) as running:
+            ran.append(running)
             print_dotenv(running.env.env_vars())
             say("press Ctrl-C to stop and remove them" if not running.reused else "press Ctrl-C to leave")
             while True:
                 time.sleep(3600)
     except (KeyboardInterrupt, Terminated):
-        return EXIT_OK
+        return EXIT_FAILED if ran and ran[0].env.teardown_problems else EXIT_OK
 
 
 def _up_detached(args: argparse.Namespace, config: ProjectConfig, store: StateDir) -> int:

@@ -22,40 +22,18 @@ def cmd_cache(args: argparse.Namespace) -> int:
         assert isinstance(backend, DockerBackend)
         backend.check()
         if args.action == "clear":
-            print(f"removed {backend.clear_cache()} cached image(s)")
+            print(f"removed {backend.clear_cache()} cached image(s), {backend.clear_builds()} built image(s)")
             return EXIT_OK
         rows = backend.cached_images()
         if not rows:
             print("no cached Postgres images")
         for row in rows:
             print(f"{row['image']}  base {row['base']}  {row['size_mb']} MB  created {row['created'][:19]}")
+        for row in backend.built_images():
+            print(f"{row['image']}  built for build=  {row['size_mb']} MB  created {row['created'][:19]}")
         return EXIT_OK
     finally:
         backend.close()
-
-
-def _image_missing(backend: Backend, service: Service) -> str | None:
-    """``None`` if the docker image of ``service`` is on the engine, else what happens about it."""
-    import os
-
-    from ..backends.docker import DockerBackend
-    from ..backends.docker_host import hub_image
-
-    if not isinstance(backend, DockerBackend) or not service.effective_image:
-        return None
-    import docker.errors
-
-    image = hub_image(service.effective_image)
-    try:
-        backend.client.images.get(image)
-        return None
-    except docker.errors.ImageNotFound:
-        pass
-    except docker.errors.APIError as exc:
-        return f"image {image} could not be looked up on the engine ({' '.join(str(exc).split())})"
-    if os.environ.get("SVCENV_PULL", "missing").lower() == "never":
-        return f"image {image} is missing on the engine and SVCENV_PULL=never forbids pulling it"
-    return f"image {image} is missing on the engine: it would be pulled at the first start"
 
 
 def _backend_details(name: str, backend: Backend, service: Service) -> str:
@@ -63,8 +41,7 @@ def _backend_details(name: str, backend: Backend, service: Service) -> str:
     if name == "docker":
         return f"image {service.effective_image}"
     if name == "local":
-        capabilities: dict[str, str] = getattr(backend, "capabilities", dict)()
-        return capabilities.get(service.kind, "")
+        return backend.capabilities().get(service.kind, "")
     from ..backends.external import configured_url, redact
 
     url = configured_url(service.name)
@@ -85,7 +62,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     try:
         for service in services:
             verdicts = {name: backend.supports(service) for name, backend in backends.items()}
-            missing = {name: _image_missing(backends[name], service) for name in AUTO_ORDER if verdicts[name] is None}
+            missing = {name: backends[name].image_problem(service) for name in AUTO_ORDER if verdicts[name] is None}
             usable = [name for name in AUTO_ORDER if verdicts[name] is None]
             doomed = bool(usable) and "forbids pulling" in (missing.get(usable[0]) or "")
             if not usable:

@@ -33,8 +33,9 @@ naming the file and the key path (``services.api.privileged``).
 
 from __future__ import annotations
 
+import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from ..descriptors import Service
 from ..errors import ComposeError
@@ -62,6 +63,7 @@ __all__ = [
     "ComposeService",
     "ComposeVolume",
     "SvcenvExtension",
+    "compose_services",
     "image_kind",
     "load_compose",
     "parse_bytes",
@@ -95,4 +97,16 @@ def load_compose(
     descriptors = to_descriptors(file, chosen, found)
     if notices is not None:
         notices.extend(found)
+    return descriptors
+
+
+def compose_services(
+    path: str | os.PathLike[str], services: Iterable[str] | None = None, profiles: Iterable[str] = ()
+) -> list[Service]:
+    """:func:`load_compose`, its notices logged as warnings (for :meth:`Environment.from_compose`)."""
+    notices: list[str] = []
+    chosen = None if services is None else list(services)
+    descriptors = load_compose(path, chosen, list(profiles), notices=notices)
+    for notice in notices:
+        logging.getLogger("svcenv").warning("%s: %s", os.fspath(path), notice)
     return descriptors

@@ -94,6 +94,7 @@ class Manager:
         """True in an xdist worker: the environment is shared through the run's basetemp."""
         self.before_stop: list[Callable[[], None]] = []
         self._project: ProjectConfig | None = None
+        self._closed: Environment | None = None
 
     # -- configuration ----------------------------------------------------------------------------
 
@@ -262,10 +263,16 @@ class Manager:
         for hook in reversed(self.before_stop):
             hook()
 
+    @property
+    def teardown_problems(self) -> tuple[str, ...]:
+        """What the session environment's teardown could not remove (after :meth:`close`)."""
+        return self._closed.teardown_problems if self._closed is not None else ()
+
     def close(self) -> None:
         env, self.env = self.env, None
         if env is None:
             return
+        self._closed = env
         if self.config.getoption("--svcenv-keep"):
             env.keep()
             self.summary.append(

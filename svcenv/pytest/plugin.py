@@ -114,8 +114,14 @@ def _svcenv_marker(request: pytest.FixtureRequest) -> None:
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
     run = session.config.stash.get(MANAGER, None)
-    if run is not None:
-        run.close()
+    if run is None:
+        return
+    run.close()
+    if run.teardown_problems:
+        said = "; ".join(run.teardown_problems)
+        run.summary.append(f"teardown incomplete: {said}; `python -m svcenv prune` removes what is left")
+        if session.exitstatus == pytest.ExitCode.OK:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED  # something may still run: not a clean pass
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:

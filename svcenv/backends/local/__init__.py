@@ -12,7 +12,9 @@ Where the servers come from:
 * Elasticsearch: only a distribution that ``SVCENV_ELASTICSEARCH_HOME`` (or
   ``ES_HOME``) points at; there is no other way to get one locally.
 * Generic :class:`~svcenv.Service` descriptors name images, which this backend
-  cannot run; :meth:`LocalBackend.create` raises ``BackendUnavailable`` for them.
+  cannot run; :meth:`LocalBackend.create` raises ``BackendUnavailable`` for them,
+  as for a descriptor that sets what only a container has (``build``, ``files``,
+  ``volumes``, ``options``).
 
 Postgres is fast because ``initdb`` runs once per (version, user, dbname,
 options): the result is cached as a template data directory in
@@ -177,6 +179,9 @@ class LocalBackend(Backend):
                 f"local: cannot run service {service.name!r}: the local backend runs only "
                 f"{', '.join(KINDS)} from local installations, not images"
             )
+        container = [name for name in ("build", "files", "volumes", "options") if getattr(service, name)]
+        if container:
+            return f"local: cannot serve {service.name!r}: it sets {', '.join(container)}, which only containers have"
         found = self._locate(kind)
         if isinstance(found, str):
             return f"local: cannot serve {kind}: {found}"

@@ -1,0 +1,118 @@
+"""How the Docker backend creates a container: its configuration, its network and volumes, its files.
+
+Kept apart from :mod:`svcenv.backends.docker` (which runs and removes
+containers). The container options a descriptor may give are checked when the
+descriptor is made (:mod:`svcenv.container`); here they become docker-py's
+arguments.
+"""
+
+from __future__ import annotations
+
+import io
+import tarfile
+import time
+from collections.abc import Mapping
+from pathlib import PurePosixPath
+from typing import TYPE_CHECKING, Any, cast
+
+from ..errors import ServiceExited
+from .base import LABEL_SERVICE
+from .docker_network import volume_name
+
+if TYPE_CHECKING:
+    from docker import DockerClient
+    from docker.models.containers import Container
+
+    from ..descriptors import Resolved
+
+__all__ = ["create_container", "docker_options", "put_files", "tar_of"]
+
+
+def tar_of(files: Mapping[str, tuple[bytes, int]]) -> bytes:
+    """An in-memory tar of ``files`` (absolute container path -> (content, mode)), owned by root, to
+    extract at ``/``. It holds no directory entries: the engine creates missing parents (root, 0755)
+    and leaves existing ones (``/run``, ``/tmp``) as they are."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for path, (content, mode) in files.items():
+            info = tarfile.TarInfo(str(PurePosixPath(path).relative_to("/")))
+            info.size, info.mode, info.mtime = len(content), mode, int(time.time())
+            info.uid = info.gid = 0
+            info.uname = info.gname = "root"
+            tar.addfile(info, io.BytesIO(content))
+    return buffer.getvalue()
+
+
+def put_files(container: Container, files: Mapping[str, tuple[bytes, int]]) -> None:
+    """Copy ``files`` into the (created, maybe not started) ``container``: nothing in its argv or config."""
+    if not container.put_archive("/", tar_of(files)):
+        raise ServiceExited(f"the engine refused to copy {sorted(files)} into the container")
+
+
+def _thaw(value: object) -> Any:
+    """A checked option value (tuples, frozen mappings) as docker-py takes it (lists, dicts)."""
+    if isinstance(value, Mapping):
+        return {str(k): _thaw(v) for k, v in value.items()}
+    if isinstance(value, tuple):
+        return [_thaw(v) for v in value]
+    return value
+
+
+def _nanoseconds(seconds: object) -> int:
+    return int(float(cast(float, seconds)) * 1_000_000_000)
+
+
+def docker_options(options: Mapping[str, object]) -> dict[str, Any]:
+    """docker-py's ``containers.create`` arguments for checked container ``options``."""
+    from docker.types import Ulimit
+
+    kwargs: dict[str, Any] = {}
+    for name, value in options.items():
+        plain = _thaw(value)
+        if name == "cpus":
+            kwargs["nano_cpus"] = int(float(plain) * 1_000_000_000)
+        elif name == "ulimits":
+            limits = {k: (v, v) if isinstance(v, int) else tuple(v) for k, v in plain.items()}
+            kwargs["ulimits"] = [Ulimit(name=k, soft=soft, hard=hard) for k, (soft, hard) in limits.items()]
+        elif name == "healthcheck":
+            test = plain["test"]
+            check: dict[str, Any] = {"test": ["CMD-SHELL", test] if isinstance(test, str) else test}
+            for key in ("interval", "timeout", "start_period"):
+                if key in plain:
+                    check[key] = _nanoseconds(plain[key])
+            if "retries" in plain:
+                check["retries"] = int(plain["retries"])
+            kwargs["healthcheck"] = check
+        else:
+            kwargs[name] = plain
+    return kwargs
+
+
+def create_container(
+    client: DockerClient, resolved: Resolved, labels: Mapping[str, str], bind: str, env_id: str, network: str
+) -> Container:
+    """Create (not start) the container of ``resolved`` on ``network``, with its service name as alias.
+
+    ``containers.create`` never pulls (docker-py's ``containers.run`` would).
+    """
+    endpoint = client.api.create_endpoint_config(aliases=[resolved.name])
+    mounts = {
+        volume_name(env_id, name): {"bind": path.removesuffix(":ro"), "mode": "ro" if path.endswith(":ro") else "rw"}
+        for name, path in resolved.volumes.items()
+    }
+    return client.containers.create(
+        resolved.image,
+        command=list(resolved.command) if resolved.command is not None else None,
+        environment=dict(resolved.env),
+        # docker-py takes (host_ip,) as "this interface, any free port" (its stubs do not say so).
+        ports={f"{port}/tcp": cast(Any, (bind,)) for port in resolved.ports},
+        labels={**labels, LABEL_SERVICE: resolved.name},
+        name=f"svcenv-{env_id}-{resolved.name}",
+        tmpfs=dict.fromkeys(resolved.tmpfs, ""),
+        entrypoint=list(resolved.entrypoint) if resolved.entrypoint else None,
+        network=network,
+        networking_config={network: endpoint},
+        volumes=cast(Any, mounts),
+        detach=True,
+        **docker_options(resolved.options),
+    )

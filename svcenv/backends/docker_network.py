@@ -1,0 +1,151 @@
+"""What the containers of one environment share on an engine: a bridge network and named volumes.
+
+Each environment gets one user-defined bridge network, ``svcenv-<env id>``,
+made when its first container is created. Every container joins it (and no other
+network) with its service name as alias, so services reach each other by name
+(``postgres:5432``) and two environments never see each other's names. Named
+volumes (``Service(volumes={"data": "/var/lib/data"})``) are ``svcenv-<env
+id>-<name>``, shared by the services of the environment that name them.
+
+Both carry the environment's labels (``svcenv.environment=<id>`` and the rest),
+and go when the environment's last container goes: :class:`Shared` counts the
+containers of each environment in this process, and :func:`remove_unused`
+sweeps by label for every other path (the environment's cleanup, the crash
+reaper, ``prune``). The engine refuses to remove a network or volume that a
+container still uses, so a sweep never breaks a running (or kept) service.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from functools import partial
+from typing import TYPE_CHECKING
+
+from .base import LABEL_ENVIRONMENT, LABEL_KEEP, LABEL_REUSE_HASH, LABEL_SERVICE, LABEL_STATE_DIR
+
+if TYPE_CHECKING:
+    from docker import DockerClient
+
+__all__ = ["LABEL_VOLUME", "Shared", "network_name", "remove_unused", "volume_name"]
+
+LABEL_VOLUME = "svcenv.volume"
+"""On a named volume: the name the descriptors give it."""
+
+
+def network_name(env_id: str) -> str:
+    """The name of an environment's network."""
+    return f"svcenv-{env_id}"
+
+
+def volume_name(env_id: str, name: str) -> str:
+    """The engine's name of an environment's volume ``name``."""
+    return f"svcenv-{env_id}-{name}"
+
+
+_PER_SERVICE = (LABEL_SERVICE, LABEL_KEEP, LABEL_REUSE_HASH, LABEL_STATE_DIR)
+"""Labels of one container, not of its environment: a network or volume never carries them."""
+
+
+def _labels(labels: Mapping[str, str]) -> dict[str, str]:
+    return {k: v for k, v in labels.items() if k not in _PER_SERVICE}
+
+
+def _quiet_remove(remove: Callable[[], object]) -> bool:
+    """Remove something; False if the engine says it is gone already or still in use."""
+    import docker.errors
+
+    try:
+        remove()
+    except docker.errors.NotFound:
+        return False
+    except docker.errors.APIError as exc:
+        if exc.status_code in (403, 409):  # in use (active endpoints, a container mounts it), or being removed
+            return False
+        raise
+    return True
+
+
+@dataclass
+class _Members:
+    count: int = 0
+    network: str | None = None
+    volumes: set[str] = field(default_factory=set)
+
+
+class Shared:
+    """The network and volumes of each environment this backend serves, counted by containers."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._envs: dict[str, _Members] = {}
+
+    def acquire(self, client: DockerClient, labels: Mapping[str, str], volumes: Iterable[str]) -> str:
+        """Count one more container of the environment ``labels`` name; make its network and the
+        ``volumes`` it lacks. Returns the network's name. Every acquire needs one :meth:`release`."""
+        env_id = labels.get(LABEL_ENVIRONMENT, "x")
+        with self._lock:
+            members = self._envs.setdefault(env_id, _Members())
+            try:
+                if members.network is None:
+                    members.network = _create_network(client, network_name(env_id), _labels(labels))
+                for name in volumes:
+                    real = volume_name(env_id, name)
+                    if real not in members.volumes:
+                        client.volumes.create(name=real, driver="local", labels={**_labels(labels), LABEL_VOLUME: name})
+                        members.volumes.add(real)
+            except BaseException:
+                if members.count == 0:
+                    self._remove(client, env_id, members)
+                raise
+            members.count += 1
+            return members.network
+
+    def release(self, client: DockerClient, env_id: str) -> None:
+        """One container of the environment is gone; the last one takes the network and volumes along."""
+        with self._lock:
+            members = self._envs.get(env_id)
+            if members is None:
+                return
+            members.count -= 1
+            if members.count <= 0:
+                self._remove(client, env_id, members)
+
+    def _remove(self, client: DockerClient, env_id: str, members: _Members) -> None:
+        del self._envs[env_id]
+        if members.network is not None:
+            _quiet_remove(partial(client.api.remove_network, members.network))
+        for name in members.volumes:
+            _quiet_remove(partial(client.api.remove_volume, name))
+
+
+def _create_network(client: DockerClient, name: str, labels: Mapping[str, str]) -> str:
+    import docker.errors
+
+    try:
+        client.networks.create(name, driver="bridge", labels=dict(labels), check_duplicate=True)
+    except docker.errors.APIError as exc:
+        if exc.status_code != 409:  # 409: it exists (another backend object of this environment made it)
+            raise
+    return name
+
+
+def remove_unused(
+    client: DockerClient,
+    labels: Mapping[str, str],
+    keep_alive: Callable[[Mapping[str, str]], bool] | None = None,
+) -> int:
+    """Remove svcenv's networks and named volumes that carry ``labels`` and that no container uses
+    (nor ``keep_alive(their labels)`` keeps); return how many went."""
+    filters: dict[str, str | list[str] | bool] = {
+        "label": [LABEL_ENVIRONMENT, *(f"{k}={v}" for k, v in labels.items())]
+    }
+    removed = 0
+    for network in client.networks.list(filters=filters):
+        if keep_alive is None or not keep_alive(dict(network.attrs.get("Labels") or {})):
+            removed += _quiet_remove(partial(client.api.remove_network, str(network.id)))
+    for volume in client.volumes.list(filters=filters):
+        if keep_alive is None or not keep_alive(dict(volume.attrs.get("Labels") or {})):
+            removed += _quiet_remove(partial(client.api.remove_volume, volume.name))
+    return removed
