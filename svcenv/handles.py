@@ -93,7 +93,19 @@ class ServiceHandle:
 
     def _url_at(self, host: str, port: int) -> str:
         """:attr:`url` with another address (kinds add credentials and paths)."""
-        return f"{self._connection('scheme', self.descriptor.scheme)}://{host}:{port}"
+        return f"{self._connection('scheme', self._scheme())}://{host}:{port}"
+
+    def _scheme(self) -> str:
+        """The descriptor's ``scheme``; left at ``tcp`` on a service probed over HTTP, the probe's."""
+        scheme = self.descriptor.scheme
+        if scheme == "tcp":
+            from .probes import HTTP, AllOf
+
+            probe = self.descriptor.readiness_probe
+            http = [p for p in (probe.probes if isinstance(probe, AllOf) else (probe,)) if isinstance(p, HTTP)]
+            if http:
+                return http[0].scheme
+        return scheme
 
     # -- the address inside the environment (other services of it connect here) ---------------
 

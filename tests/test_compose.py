@@ -839,7 +839,7 @@ def test_redis_password_from_the_command(tmp_path: Path) -> None:
     only = one(tmp_path, "image: redis\ncommand: [redis-server, --requirepass, x]\n")
     assert (only.password, only.command) == ("x", None)
     plain = one(tmp_path, "image: redis\ncommand: redis-server --save ''\n")
-    assert (plain.password, plain.command) == (None, ("redis-server", "--save", ""))
+    assert (plain.password, plain.command) == ("", ("redis-server", "--save", ""))  # no AUTH, as the file says
 
 
 def test_elasticsearch_heap(tmp_path: Path) -> None:

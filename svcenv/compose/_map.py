@@ -62,7 +62,8 @@ def _postgres(env: dict[str, str], command: tuple[str, ...] | None) -> dict[str,
 
 def _redis(env: dict[str, str], command: tuple[str, ...] | None) -> dict[str, Any]:
     if not command or "--requirepass" not in command[:-1]:
-        return {}
+        # The file's apps connect without AUTH, as to the image's default; svcenv publishes on 127.0.0.1 only.
+        return {"password": ""}
     at = command.index("--requirepass")
     rest = command[:at] + command[at + 2 :]
     return {"password": command[at + 1], "command": rest if rest not in ((), ("redis-server",)) else None}

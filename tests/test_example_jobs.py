@@ -1,0 +1,105 @@
+"""examples/jobs, run as a user runs it: an API and a worker built by svcenv, on Postgres and Redis.
+
+The example's own suite (``cd examples/jobs && python -m pytest tests``) runs in a
+subprocess, its images built ``FROM`` the local base image (``JOBS_BASE_IMAGE``)
+and installed offline from wheels that ``fetch_wheels.py`` downloads on the host.
+Its containers carry this test's label (``SVCENV_LABELS``), so ``leaks`` sees
+anything it leaves; ``built_images`` removes the two images it built.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from .conftest import LeakCheck, docker, need
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "jobs"
+
+
+def _tail(text: str, lines: int = 15) -> str:
+    return "\n".join(text.strip().splitlines()[-lines:])
+
+
+def test_the_jobs_example_passes_and_leaves_nothing_behind(
+    leaks: LeakCheck, base_image: str, built_images: set[str]
+) -> None:
+    fetch = subprocess.run(
+        [sys.executable, str(EXAMPLE / "fetch_wheels.py")], capture_output=True, text=True, timeout=300, check=False
+    )
+    if fetch.returncode != 0:
+        need(f"cannot download the jobs example's wheels (is PyPI reachable?):\n{_tail(fetch.stderr)}")
+
+    # Its own session: none of this run's xdist worker ids or options leak into it.
+    env = {key: value for key, value in os.environ.items() if not key.startswith("PYTEST_")}
+    env.update(SVCENV_LABELS=f"svcenv.test={leaks.token}", JOBS_BASE_IMAGE=base_image)
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "tests"],
+            cwd=EXAMPLE,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            timeout=600,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise AssertionError(f"the jobs example did not finish within 600s:\n{exc.output}") from None
+    assert proc.returncode == 0, f"the jobs example failed:\n{proc.stdout}"
+    passed = re.search(r"\b(\d+) passed\b", proc.stdout)
+    assert passed, f"the jobs example did not report its tests passing:\n{proc.stdout}"
+    assert int(passed.group(1)) >= 5, proc.stdout
+    assert not re.search(r"\b\d+ (failed|skipped|errors?)\b", proc.stdout), proc.stdout
+    # svcenv built the api and the worker (built_images removes them after this test).
+    built = docker("images", "--filter", "label=svcenv.build=true", "--format", "{{.Repository}}").split()
+    assert {"svcenv-build/api", "svcenv-build/worker"} <= set(built), built
+    assert leaks.leftovers() == [], "the jobs example left containers"
+    assert leaks.networks() == [], "the jobs example left its network"
+
+
+CLIENT = """
+import json, os, time, urllib.request
+api = f"http://{os.environ['API_HOST']}:{os.environ['API_PORT']}"
+request = urllib.request.Request(api + "/jobs", data=json.dumps({"text": "one two three"}).encode(),
+                                 headers={"Content-Type": "application/json"}, method="POST")
+job = json.load(urllib.request.urlopen(request, timeout=10))
+deadline = time.monotonic() + 30
+while time.monotonic() < deadline:
+    got = json.load(urllib.request.urlopen(f"{api}/jobs/{job['id']}", timeout=10))
+    if got["status"] == "done":
+        print("result", json.dumps(got["result"], sort_keys=True))
+        break
+    time.sleep(0.2)
+"""
+
+
+def test_the_jobs_compose_file_runs_through_svcenv(leaks: LeakCheck, base_image: str, built_images: set[str]) -> None:
+    fetch = subprocess.run(
+        [sys.executable, str(EXAMPLE / "fetch_wheels.py")], capture_output=True, text=True, timeout=300, check=False
+    )
+    if fetch.returncode != 0:
+        need(f"cannot download the jobs example's wheels (is PyPI reachable?):\n{_tail(fetch.stderr)}")
+    env = {key: value for key, value in os.environ.items() if not key.startswith("PYTEST_")}
+    env.update(
+        SVCENV_LABELS=f"svcenv.test={leaks.token}",
+        JOBS_BASE_IMAGE=base_image,
+        JOBS_POSTGRES_IMAGE=os.environ["SVCENV_POSTGRES_IMAGE"],
+        JOBS_REDIS_IMAGE=os.environ["SVCENV_REDIS_IMAGE"],
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "svcenv", "run", "-f", "compose.yaml", "--", sys.executable, "-c", CLIENT],
+        cwd=EXAMPLE,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert 'result {"upper": "ONE TWO THREE", "words": 3}' in proc.stdout, proc.stdout + proc.stderr
+    assert "stopped; nothing left running" in proc.stderr
+    assert leaks.leftovers() == []
