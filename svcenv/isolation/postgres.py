@@ -1,19 +1,32 @@
-"""Postgres isolation: a template database cloned per test, and connections rolled back at the end."""
+"""Postgres isolation: a template database cloned per test (recycled when provably clean), and rollback."""
 
 from __future__ import annotations
 
 import itertools
 import logging
+import math
+import os
 import queue
-import re
 import secrets
 import threading
-from collections.abc import Callable, Iterator
+import time
+from collections import Counter
+from collections.abc import Iterator
 from contextlib import contextmanager, suppress
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import TYPE_CHECKING, Any
 
-from ..errors import ConfigurationError
+from .postgres_reset import (
+    DATABASE_CHECK,
+    Baseline,
+    TemplateState,
+    drop_database,
+    recycle,
+    reset_enabled,
+    rollback_prepared,
+)
+from .postgres_rollback import escaped, rollback_connection, rolled_back, savepoint_connection
+from .postgres_setup import Setup, run_setup
+from .postgres_setup import ident as _ident
 
 if TYPE_CHECKING:
     import psycopg
@@ -30,48 +43,6 @@ __all__ = [
     "savepoint_connection",
 ]
 
-Setup: TypeAlias = "Callable[[psycopg.Connection[Any]], None] | str | Path | None"
-"""How a template is prepared: a callable given a connection, a ``.sql`` file, SQL text, or
-``"package.module:function"``."""
-
-
-def _ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
-def _load_callable(spec: str) -> Callable[[psycopg.Connection[Any]], None]:
-    import importlib
-
-    module_name, _, attr = spec.partition(":")
-    try:
-        target: Any = importlib.import_module(module_name)
-        for part in attr.split("."):
-            target = getattr(target, part)
-    except (ImportError, AttributeError) as exc:
-        raise ConfigurationError(f"postgres template setup {spec!r} cannot be imported: {exc}") from exc
-    if not callable(target):
-        raise ConfigurationError(f"postgres template setup {spec!r} is not callable")
-    return target  # type: ignore[no-any-return]
-
-
-def run_setup(conn: psycopg.Connection[Any], setup: Setup) -> None:
-    """Apply ``setup`` (callable, SQL file, SQL text or ``module:function``) on ``conn``."""
-    if setup is None:
-        return
-    if callable(setup):
-        setup(conn)
-        return
-    text = str(setup)
-    path = Path(text)
-    if isinstance(setup, Path) or (text.endswith(".sql") and "\n" not in text):
-        if not path.is_file():
-            raise ConfigurationError(f"postgres template setup file {text!r} does not exist")
-        conn.execute(path.read_text(encoding="utf-8").encode())
-    elif re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*", text):
-        _load_callable(text)(conn)
-    else:
-        conn.execute(text.encode())
-
 
 class PostgresTemplate:
     """A template database built once, cloned into a fresh database per test.
@@ -82,12 +53,22 @@ class PostgresTemplate:
         with template.fresh_database() as dbname:
             with env[postgres].connect(dbname) as conn: ...
 
-    With ``prefetch`` > 0 a background worker (its own admin connection) keeps
-    that many clones ready, each with an open connection, and drops used
-    databases after the test, so a test waits only for a hand-over, not for
-    ``CREATE DATABASE`` and ``DROP DATABASE``. No database is handed out twice.
+    With ``prefetch`` > 0, background workers (each with its own admin connection)
+    keep that many databases ready, each with an open connection, and recycle
+    returned ones, so a test waits only for a hand-over, not for ``CREATE
+    DATABASE`` and ``DROP DATABASE``. A returned database is handed out again
+    (renamed) when it is provably the template's, after a reset of the tables the
+    test wrote if needed, else dropped and replaced by a fresh clone: see
+    :mod:`svcenv.isolation.postgres_reset` for the rule, ``reset=False`` or
+    ``SVCENV_POSTGRES_RESET=0`` to always re-clone. No name is handed out twice.
     Names carry a random token, so several processes (xdist workers, parallel
     sessions) can share one server without colliding.
+
+    The pool sizes itself: from the measured time a test holds a database and the
+    time a recycle takes it keeps about ``recycle / test + 1`` ready, never fewer
+    than ``prefetch`` nor more than ``max_prefetch`` (default
+    ``max(prefetch, min(8, 16 // xdist workers))``, so all workers together stay
+    bounded on one server).
     """
 
     def __init__(
@@ -97,22 +78,39 @@ class PostgresTemplate:
         name: str | None = None,
         prefetch: int = 0,
         workers: int = 2,
+        reset: bool | None = None,
+        max_prefetch: int | None = None,
     ) -> None:
         self.handle = handle
         self.setup = setup
         self.prefetch = prefetch
-        self.max_prefetch = max(prefetch, 6)
+        self.min_prefetch = prefetch
+        xdist = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "") or 1)
+        self.max_prefetch = max(prefetch, min(8, 16 // max(1, xdist))) if max_prefetch is None else max_prefetch
+        self.reset = reset_enabled(reset)
+        self.outcomes: Counter[str] = Counter()
+        """How returned databases went: ``untouched``, ``reset`` or ``cloned`` (dropped, a new clone made)."""
         self.token = secrets.token_hex(3)
         self.name = name or f"svcenv_tpl_{self.token}"
         self._counter = itertools.count(1)
         self._admin: psycopg.Connection[Any] | None = None
         self._lock = threading.Lock()
+        self._sizing = threading.Lock()
         self._built = False
         self._ready: queue.Queue[tuple[str, psycopg.Connection[Any] | None] | BaseException] = queue.Queue()
         self._tasks: queue.Queue[tuple[str, str] | None] = queue.Queue()
         self._worker: threading.Thread | None = None
         self._workers: list[threading.Thread] = []
         self.workers = max(1, workers)
+        self._state: TemplateState | None = None
+        self._baselines: dict[str, Baseline] = {}
+        self._handed_at: dict[str, float] = {}
+        self._epoch = 0  # bumped when an admin connection fails (the server may have restarted)
+        self._shrink = 0
+        self.use_s: float | None = None
+        """Moving average of how long a test holds a database (seconds)."""
+        self.recycle_s: float | None = None
+        """Moving average of what recycling one costs a worker (seconds)."""
 
     def _conn(self) -> psycopg.Connection[Any]:
         if self._admin is None or self._admin.closed:
@@ -141,7 +139,7 @@ class PostgresTemplate:
                     self._built = True
                     return
                 if row is not None:
-                    _drop(self._conn(), self.name)
+                    drop_database(self._conn(), self.name)
             self._conn().execute(f"CREATE DATABASE {_ident(self.name)}".encode())
             with self.handle.connect(self.name) as conn:
                 run_setup(conn, self.setup)
@@ -164,12 +162,15 @@ class PostgresTemplate:
     def drop(self, name: str) -> None:
         """Drop a database now, terminating its connections first."""
         with self._lock:
-            _drop(self._conn(), name)
+            drop_database(self._conn(), name)
 
     # -- the prefetching pool -------------------------------------------------------------------
 
     def _start_worker(self) -> None:
         self.build()
+        first = self._capture() if self.reset else None
+        if first is not None:
+            self._ready.put(first)
         # Several workers (each with its own admin connection) keep up with short tests.
         self._workers = [
             threading.Thread(target=self._work, name=f"svcenv-pool-{self.token}-{i}", daemon=True)
@@ -178,8 +179,25 @@ class PostgresTemplate:
         for thread in self._workers:
             thread.start()
         self._worker = self._workers[0]
-        for _ in range(self.prefetch):
+        for _ in range(self.prefetch + 1 - (first is not None)):  # one more for the test in progress
             self._tasks.put(("clone", ""))
+
+    def _capture(self) -> tuple[str, psycopg.Connection[Any]] | None:
+        """Clone once and read from it what resets need (:class:`TemplateState`); the clone goes to the pool."""
+        name = self.clone()
+        conn = self.handle.connect(name, autocommit=True)
+        try:
+            with self._lock:
+                row = self._conn().execute(DATABASE_CHECK, (name,)).fetchone()
+            assert row is not None
+            self._state = TemplateState.capture(conn, row[0])
+            if self._state is not None:
+                self._baselines[name] = Baseline.take(conn, self._epoch)
+        except Exception as exc:
+            logging.getLogger("svcenv").warning("svcenv: database resets are off (%s)", exc)
+            self._state = None
+        conn.autocommit = False
+        return name, conn
 
     def _work(self) -> None:
         admin = self.handle.connect(autocommit=True)
@@ -197,56 +215,128 @@ class PostgresTemplate:
                 if action == "drop":
                     drops.append(name)
                     continue
+                started = time.perf_counter()
+                if action == "recycle":
+                    with self._sizing:
+                        shrink, self._shrink = self._shrink > 0, max(0, self._shrink - 1)
+                    if shrink:
+                        self._baselines.pop(name, None)
+                        drops.append(name)
+                        continue
+                    recycled = self._recycle_or_name(admin, name)
+                    if not isinstance(recycled, str):
+                        self._ready.put(recycled)
+                        self.recycle_s = _average(self.recycle_s, time.perf_counter() - started)
+                        continue
+                    drops.append(recycled)
+                    self.outcomes["cloned"] += 1
+                admin = self._healthy(admin)
                 try:
-                    name = self._new_name()
-                    admin.execute(f"CREATE DATABASE {_ident(name)} TEMPLATE {_ident(self.name)}".encode())
-                    self._ready.put((name, self.handle.connect(name)))
+                    self._ready.put(self._new_clone(admin))
                 except Exception as exc:
                     self._ready.put(exc)
+                    admin = self._healthy(admin)
+                if action == "recycle":
+                    self.recycle_s = _average(self.recycle_s, time.perf_counter() - started)
             for name in drops:
                 self._drop_quietly(admin, name)
         finally:
             admin.close()
 
+    def _healthy(self, admin: psycopg.Connection[Any]) -> psycopg.Connection[Any]:
+        """``admin``, or a new connection when it failed (then databases handed out before are not trusted)."""
+        if not (admin.closed or admin.broken):
+            return admin
+        self._epoch += 1
+        admin.close()
+        with suppress(Exception):
+            return self.handle.connect(autocommit=True)
+        return admin  # the server is gone: later requests fail with its error
+
+    def _new_clone(self, admin: psycopg.Connection[Any]) -> tuple[str, psycopg.Connection[Any]]:
+        name = self._new_name()
+        admin.execute(f"CREATE DATABASE {_ident(name)} TEMPLATE {_ident(self.name)}".encode())
+        conn = self.handle.connect(name, autocommit=True)
+        if self._state is not None:
+            self._baselines[name] = Baseline.take(conn, self._epoch, flush=False)  # nothing written yet
+        conn.autocommit = False
+        return name, conn
+
+    def _recycle_or_name(self, admin: psycopg.Connection[Any], name: str) -> tuple[str, psycopg.Connection[Any]] | str:
+        """The returned database ``name``, renamed and ready again, or the name to drop it by."""
+        baseline, state = self._baselines.pop(name, None), self._state
+        if state is None or baseline is None or baseline.epoch != self._epoch:
+            return name
+        done = recycle(admin, self.handle, state, baseline, name, self._new_name())
+        if isinstance(done, str):
+            return done
+        renamed, conn, self._baselines[renamed], outcome = done
+        self.outcomes[outcome] += 1
+        return renamed, conn
+
     def _drop_quietly(self, admin: psycopg.Connection[Any], name: str) -> None:
         """Drop a used clone; a failure (the server went away) must not end the worker, whose clone
         requests then fail at once with the server's error instead of leaving tests waiting."""
         try:
-            _drop(admin, name)
+            try:
+                drop_database(admin, name)
+            except Exception:
+                if not rollback_prepared(admin, self.handle, name):
+                    raise
+                drop_database(admin, name)
         except Exception as exc:
             logging.getLogger("svcenv").warning("could not drop test database %s: %s", name, exc)
 
     def acquire(self, timeout: float = 60.0) -> tuple[str, psycopg.Connection[Any] | None]:
         """A fresh database (name, and an open connection to it when prefetched).
 
-        The pool adapts to demand: when a caller finds it empty, one more clone
+        The pool adapts to demand: when a caller finds it empty, one more database
         is kept ready from then on, up to :attr:`max_prefetch`.
         """
         if self.prefetch <= 0:
             return self.clone(), None
         if self._worker is None:
             self._start_worker()
-        self._tasks.put(("clone", ""))  # refill while this one is in use
         if self._ready.empty() and self.prefetch < self.max_prefetch:
-            self.prefetch += 1
+            with self._sizing:
+                self.prefetch += 1
             self._tasks.put(("clone", ""))
         item = self._ready.get(timeout=timeout)
         if isinstance(item, BaseException):
             raise item
+        self._handed_at[item[0]] = time.perf_counter()
         return item
 
     def release(self, name: str, conn: psycopg.Connection[Any] | None = None) -> None:
-        """Give a database back: it is dropped (in the background when prefetching)."""
+        """Give a database back: recycled or dropped in the background when prefetching, else dropped now."""
         if conn is not None:
             conn.close()
-        if self._worker is not None:
-            self._tasks.put(("drop", name))
-        else:
+        if self._worker is None:
             self.drop(name)
+            return
+        handed_at = self._handed_at.pop(name, None)
+        if handed_at is not None:
+            self.use_s = _average(self.use_s, time.perf_counter() - handed_at)
+            self._resize()
+        self._tasks.put(("recycle", name))
+
+    def _resize(self) -> None:
+        """One step towards ``ceil(recycle / use) + 1`` ready databases, within [prefetch, max_prefetch]."""
+        if self.use_s is None or self.recycle_s is None:
+            return
+        want = math.ceil(self.recycle_s / max(self.use_s, 0.001)) + 1
+        want = min(self.max_prefetch, max(self.min_prefetch, want))
+        with self._sizing:
+            if want > self.prefetch:
+                self.prefetch += 1
+                self._tasks.put(("clone", ""))
+            elif want < self.prefetch:
+                self.prefetch -= 1
+                self._shrink += 1
 
     @contextmanager
     def fresh_database(self) -> Iterator[str]:
-        """A fresh clone for the block; dropped afterwards even if the block fails."""
+        """A fresh database for the block; recycled or dropped afterwards even if the block fails."""
         name, conn = self.acquire()
         try:
             yield name
@@ -255,7 +345,7 @@ class PostgresTemplate:
 
     @contextmanager
     def fresh_connection(self) -> Iterator[psycopg.Connection[Any]]:
-        """A connection to a fresh clone; closed and the clone dropped afterwards."""
+        """A connection to a fresh database; closed and the database recycled or dropped afterwards."""
         name, conn = self.acquire()
         try:
             if conn is None:
@@ -265,7 +355,7 @@ class PostgresTemplate:
             self.release(name, conn)
 
     def destroy(self, keep_template: bool = False) -> None:
-        """Drop every prefetched clone and (unless ``keep_template``) the template, and close connections."""
+        """Drop every pooled database and (unless ``keep_template``) the template, and close connections."""
         if self._worker is not None:
             for _ in self._workers:
                 self._tasks.put(None)
@@ -276,6 +366,7 @@ class PostgresTemplate:
                 item = self._ready.get_nowait()
                 if not isinstance(item, BaseException):
                     self.release(*item)
+        self._baselines.clear()
         if self._built and not keep_template:
             self.drop(self.name)
         self._built = False
@@ -284,103 +375,6 @@ class PostgresTemplate:
             self._admin = None
 
 
-def _drop(admin: psycopg.Connection[Any], name: str, patience: float = 2.0) -> None:
-    """``DROP DATABASE … WITH (FORCE)``, once the backends of just-closed connections are gone.
-
-    Postgres makes a drop wait in 100 ms steps for backends that are still
-    exiting; polling pg_stat_activity first is much finer-grained.
-    """
-    from .._util import NotYet, poll
-
-    query = b"SELECT count(*) FROM pg_stat_activity WHERE datname = %s"
-
-    def backends_gone() -> None:
-        row = admin.execute(query, (name,)).fetchone()
-        if row and row[0] != 0:
-            raise NotYet(f"{row[0]} backends still on {name}")
-
-    with suppress(NotYet):  # out of patience: FORCE terminates the rest
-        poll(backends_gone, patience, first=0.002, cap=0.002)
-    admin.execute(f"DROP DATABASE IF EXISTS {_ident(name)} WITH (FORCE)".encode())
-
-
-_SAVEPOINT = "svcenv_test"
-_savepoint_class: type[Any] | None = None
-
-
-def _savepoint_connection_class() -> type[psycopg.Connection[Any]]:
-    global _savepoint_class
-    if _savepoint_class is None:
-        import psycopg
-
-        class SavepointConnection(psycopg.Connection[Any]):
-            """commit()/rollback() act on a savepoint; the outer transaction is rolled back at the end."""
-
-            def commit(self) -> None:
-                self.execute(f"RELEASE SAVEPOINT {_SAVEPOINT}; SAVEPOINT {_SAVEPOINT}".encode())
-
-            def rollback(self) -> None:
-                self.execute(f"ROLLBACK TO SAVEPOINT {_SAVEPOINT}".encode())
-
-            def _svcenv_rollback_all(self) -> None:
-                psycopg.Connection.rollback(self)
-
-        _savepoint_class = SavepointConnection
-    return _savepoint_class
-
-
-@contextmanager
-def rollback_connection(handle: PostgresHandle, dbname: str | None = None) -> Iterator[psycopg.Connection[Any]]:
-    """A connection whose work is rolled back when the block ends, commits included."""
-    conn = _savepoint_connection_class().connect(handle.url_for(dbname or handle.dbname))
-    try:
-        with rolled_back(conn):
-            yield conn
-    finally:
-        conn.close()
-
-
-@contextmanager
-def rolled_back(conn: psycopg.Connection[Any]) -> Iterator[psycopg.Connection[Any]]:
-    """Run the block in a transaction on ``conn`` (from :func:`savepoint_connection`) and roll it back.
-
-    Reusing one connection for many blocks saves a connect (with its password
-    exchange) per test.
-    """
-    conn.execute(f"SAVEPOINT {_SAVEPOINT}".encode())  # opens the outer transaction too
-    try:
-        yield conn
-    finally:
-        if not conn.closed and not conn.broken:
-            conn._svcenv_escaped = not _savepoint_intact(conn)  # type: ignore[attr-defined]
-            conn._svcenv_rollback_all()  # type: ignore[attr-defined]
-            # Session state outlives a rollback: prepared statements, advisory locks, SET, temp tables.
-            conn.autocommit = True  # DISCARD ALL may not run in a transaction
-            try:
-                conn.execute(b"DISCARD ALL")
-            finally:
-                conn.autocommit = False
-
-
-def _savepoint_intact(conn: psycopg.Connection[Any]) -> bool:
-    """False if the code under test ended the outer transaction itself (a raw ``COMMIT``/``ROLLBACK``):
-    then what it did before may be committed, and the database is no longer the template's."""
-    import psycopg
-
-    if conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
-        return False
-    try:
-        conn.execute(f"ROLLBACK TO SAVEPOINT {_SAVEPOINT}".encode())
-    except psycopg.errors.InvalidSavepointSpecification:
-        return False
-    return True
-
-
-def escaped(conn: psycopg.Connection[Any]) -> bool:
-    """Whether the last :func:`rolled_back` block ended its transaction itself (so its work may persist)."""
-    return bool(getattr(conn, "_svcenv_escaped", False))
-
-
-def savepoint_connection(handle: PostgresHandle, dbname: str | None = None) -> psycopg.Connection[Any]:
-    """A connection whose ``commit()``/``rollback()`` act on the savepoint of :func:`rolled_back`."""
-    return _savepoint_connection_class().connect(handle.url_for(dbname or handle.dbname))
+def _average(current: float | None, sample: float) -> float:
+    """An exponential moving average (a fifth of the new sample)."""
+    return sample if current is None else 0.8 * current + 0.2 * sample
