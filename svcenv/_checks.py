@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import fields
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Generic, TypeVar
 from urllib.parse import unquote
 
 from .errors import ConfigurationError
@@ -12,19 +12,22 @@ from .errors import ConfigurationError
 if TYPE_CHECKING:
     from .descriptors import Service
 
-__all__ = ["FrozenMap", "check_types", "database_credentials"]
+__all__ = ["Frozen", "FrozenMap", "check_types", "database_credentials"]
 
 
-class FrozenMap(Mapping[str, str]):
-    """An immutable, hashable ``str -> str`` mapping (descriptors must hash)."""
+_V_co = TypeVar("_V_co", covariant=True)
+
+
+class Frozen(Mapping[str, _V_co], Generic[_V_co]):
+    """An immutable, hashable mapping of names to hashable values (descriptors must hash)."""
 
     __slots__ = ("_data", "_hash")
 
-    def __init__(self, data: Mapping[str, str] | Sequence[tuple[str, str]] = ()) -> None:
-        self._data = dict(data)
+    def __init__(self, data: Mapping[str, _V_co] | Sequence[tuple[str, _V_co]] | None = None) -> None:
+        self._data = dict(data or {})
         self._hash: int | None = None
 
-    def __getitem__(self, key: str) -> str:
+    def __getitem__(self, key: str) -> _V_co:
         return self._data[key]
 
     def __iter__(self) -> Iterator[str]:
@@ -43,6 +46,12 @@ class FrozenMap(Mapping[str, str]):
 
     def __repr__(self) -> str:
         return f"{{{', '.join(f'{k!r}: {v!r}' for k, v in self._data.items())}}}"
+
+
+class FrozenMap(Frozen[str]):
+    """An immutable, hashable ``str -> str`` mapping."""
+
+    __slots__ = ()
 
 
 _SCALARS: dict[str, tuple[tuple[type, ...], str]] = {

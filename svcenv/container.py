@@ -12,47 +12,18 @@ from __future__ import annotations
 import math
 import re
 import stat
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any
 
-from ._checks import FrozenMap
+from ._checks import Frozen, FrozenMap
 from .errors import ConfigurationError
 
 if TYPE_CHECKING:
     from .descriptors import Service
 
 __all__ = ["OPTIONS", "BuildSpec", "Frozen", "build_repository", "check_container", "read_files"]
-
-_V_co = TypeVar("_V_co", covariant=True)
-
-
-class Frozen(Mapping[str, _V_co], Generic[_V_co]):
-    """An immutable, hashable mapping of names to hashable values."""
-
-    __slots__ = ("_data",)
-
-    def __init__(self, data: Mapping[str, _V_co] | None = None) -> None:
-        self._data = dict(data or {})
-
-    def __getitem__(self, key: str) -> _V_co:
-        return self._data[key]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._data)
-
-    def __len__(self) -> int:
-        return len(self._data)
-
-    def __hash__(self) -> int:
-        return hash(frozenset(self._data.items()))
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Mapping) and dict(self._data) == dict(other)
-
-    def __repr__(self) -> str:
-        return f"{{{', '.join(f'{k!r}: {v!r}' for k, v in self._data.items())}}}"
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import json
 import logging
 import os
 import pwd
@@ -35,11 +34,11 @@ from typing import Any
 from ..._util import NotYet, poll
 from ...errors import BackendUnavailable, ServiceExited
 from ...mysql import MySQL
-from ._common import COMMAND_TIMEOUT_S, MARKER, TMP_PREFIX, _executable, _Missing, _run
+from ._common import COMMAND_TIMEOUT_S, TMP_PREFIX, _executable, _Missing, _run
 from .accounts import Account, _account_problem, _chown, _existing_account, server_account
 from .places import _write_marker, tmp_base
 from .servers import _InstalledServer
-from .template import _copy_tree, cached_data_dir
+from .template import _copy_tree, cached_data_dir, publish, template_key
 
 __all__ = [
     "LocalMySQL",
@@ -192,15 +191,9 @@ def _socket_user() -> str:
 
 
 def _template_key(install: MySQLInstall, account: Account | None, socket_user: str) -> str:
-    key = {
-        "layout": TEMPLATE_LAYOUT,
-        "server": str(install.server.resolve()),
-        "version": install.version,
-        "args": SERVER_ARGS,
-        "socket_user": socket_user,
-        "owner": account.uid if account else os.geteuid(),
-    }
-    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+    server = str(install.server.resolve())
+    material = {"server": server, "version": install.version, "args": SERVER_ARGS, "socket_user": socket_user}
+    return template_key(TEMPLATE_LAYOUT, account, **material)
 
 
 def mariadb_template(install: MySQLInstall, account: Account | None) -> tuple[Path, bool]:
@@ -224,13 +217,8 @@ def _build_template(install: MySQLInstall, account: Account | None, socket_user:
         argv += [f"--datadir={scratch / 'data'}", "--auth-root-authentication-method=socket"]
         argv += [f"--auth-root-socket-user={socket_user}", "--skip-test-db", *SERVER_ARGS]
         _run(argv, COMMAND_TIMEOUT_S, account=account, env=_server_env(), cwd=scratch)
-        staging = final.with_name(f"{final.name}.build-{os.getpid()}")
-        staging.mkdir()
-        _copy_tree(scratch / "data", staging / "data", account)
         info = {"mariadb": install.version, "server": str(install.server), "socket_user": socket_user}
-        (staging / MARKER).write_text(json.dumps(info))
-        os.sync()  # the rename below must not publish a template whose files are not on disk
-        os.rename(staging, final)
+        publish(scratch / "data", final, account, info)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     log.info("svcenv: built MariaDB %s template %s in %.2fs", install.version, final, time.monotonic() - started)

@@ -39,17 +39,26 @@ def _quote_ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def _template_key(install: PostgresInstall, account: Account | None, user: str, dbname: str) -> str:
-    key = {
-        "layout": TEMPLATE_LAYOUT,
-        "bindir": str(install.bindir.resolve()),
-        "version": install.version,
-        "user": user,
-        "dbname": dbname,
-        "initdb": INITDB_ARGS,
-        "owner": account.uid if account else os.geteuid(),
-    }
+def publish(data: Path, final: Path, account: Account | None, info: dict[str, str]) -> None:
+    """Copy a built data directory to ``final`` (with a marker saying what it is) in one rename."""
+    staging = final.with_name(f"{final.name}.build-{os.getpid()}")
+    staging.mkdir()
+    _copy_tree(data, staging / "data", account)
+    (staging / MARKER).write_text(json.dumps(info))
+    os.sync()  # the rename below must not publish a template whose files are not on disk
+    os.rename(staging, final)
+
+
+def template_key(layout: int, account: Account | None, **material: object) -> str:
+    """A short hash of what a template data directory depends on (``material``), its layout and owner."""
+    key = {"layout": layout, "owner": account.uid if account else os.geteuid(), **material}
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _template_key(install: PostgresInstall, account: Account | None, user: str, dbname: str) -> str:
+    bindir = str(install.bindir.resolve())
+    material = {"bindir": bindir, "version": install.version, "user": user, "dbname": dbname, "initdb": INITDB_ARGS}
+    return template_key(TEMPLATE_LAYOUT, account, **material)
 
 
 def _initdb(install: PostgresInstall, account: Account | None, data: Path, user: str, dbname: str) -> None:
@@ -102,13 +111,8 @@ def _build_template(install: PostgresInstall, account: Account | None, user: str
         _write_marker(scratch, {"build": final.name})
         _chown(scratch, account)
         _initdb(install, account, scratch / "data", user, dbname)
-        staging = final.with_name(f"{final.name}.build-{os.getpid()}")
-        staging.mkdir()
-        _copy_tree(scratch / "data", staging / "data", account)
         info = {"postgres": install.version, "bindir": str(install.bindir), "user": user, "dbname": dbname}
-        (staging / MARKER).write_text(json.dumps(info))
-        os.sync()  # the rename below must not publish a template whose files are not on disk
-        os.rename(staging, final)
+        publish(scratch / "data", final, account, info)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     log.info("svcenv: built Postgres %s template %s in %.2fs", install.version, final, time.monotonic() - started)
