@@ -17,6 +17,7 @@ container still uses, so a sweep never breaks a running (or kept) service.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -115,9 +116,34 @@ class Shared:
     def _remove(self, client: DockerClient, env_id: str, members: _Members) -> None:
         del self._envs[env_id]
         if members.network is not None:
-            _quiet_remove(partial(client.api.remove_network, members.network))
+            _remove_network(client, members.network)
         for name in members.volumes:
             _quiet_remove(partial(client.api.remove_volume, name))
+
+
+def _remove_network(client: DockerClient, name: str, settle: float = 3.0) -> None:
+    """Remove the network of an environment whose last container just went.
+
+    The engine releases a removed container's endpoint a moment after the removal
+    returns, and refuses the network ("active endpoints") until then: retry briefly.
+    A network still in use after ``settle`` seconds is left to the label sweeps.
+    """
+    from .._util import NotYet, poll
+
+    def removed() -> None:
+        import docker.errors
+
+        try:
+            client.api.remove_network(name)
+        except docker.errors.NotFound:
+            return
+        except docker.errors.APIError as exc:
+            if exc.status_code in (403, 409):
+                raise NotYet(str(exc)) from None
+            raise
+
+    with contextlib.suppress(NotYet):
+        poll(removed, settle, first=0.05, cap=0.25)
 
 
 def _create_network(client: DockerClient, name: str, labels: Mapping[str, str]) -> str:
