@@ -40,19 +40,24 @@ def snapshot_of(handle: ServiceHandle) -> dict[str, Any]:
         "internal_ports": {str(k): v for k, v in handle._instance.internal_ports.items()},
         "secrets": dict(handle._resolved.secrets),
         "credentials": dict(handle._instance.credentials),
+        "log_path": _log_path(handle),
     }
+
+
+def _log_path(handle: ServiceHandle) -> str | None:
+    path = getattr(handle._instance, "log_path", None)  # the local backend's server log
+    return str(path) if path is not None else None
 
 
 def entry_of(handle: ServiceHandle, snapshot: Mapping[str, Any], env_id: str, reuse_hash: str | None) -> Record:
     """The entry of one running service (``snapshot``: its part of :meth:`Environment.snapshot`)."""
-    path = getattr(handle._instance, "log_path", None)  # the local backend's server log
     return {
         "name": handle.name,
         "spec": spec_of(handle.descriptor),
         "snapshot": dict(snapshot),
         "env_id": env_id,
         "reuse_hash": reuse_hash,
-        "log_path": str(path) if path is not None else None,
+        "log_path": _log_path(handle),
     }
 
 

@@ -95,6 +95,8 @@ class AttachedInstance(Instance):
         self.ports = dict(ports)
         self.credentials = dict(credentials or {})
         self._internal = (internal_host or host, dict(self.ports if internal_ports is None else internal_ports))
+        self.log_path: str | None = None
+        """Where a local server writes its log (from the snapshot), for :meth:`logs`."""
 
     @property
     def internal_host(self) -> str:
@@ -117,14 +119,28 @@ class AttachedInstance(Instance):
         return None
 
     def logs(self, tail: int | None = None) -> str:
-        return f"(the log of {self.backend} service {self.id} is kept by the process that owns it)"
+        """Asked from its backend now (Docker: the container's log; local: the server's log file)."""
+        from . import get_backend
+
+        unknown = f"(the log of {self.backend} service {self.id} is kept by the process that owns it)"
+        try:
+            backend = get_backend(self.backend)
+        except Exception:
+            return unknown
+        try:
+            where = {"backend": self.backend, "id": self.id, "host": self.host, "log_path": self.log_path}
+            return backend.attach({**where, "ports": dict(self.ports)}).logs(tail)
+        except Exception:
+            return unknown
+        finally:
+            backend.close()
 
     @classmethod
     def from_snapshot(cls, snapshot: Mapping[str, Any]) -> AttachedInstance:
         """From one service entry of an environment snapshot."""
         ports = {int(k): int(v) for k, v in (snapshot.get("ports") or {}).items()}
         internal = snapshot.get("internal_ports")
-        return cls(
+        instance = cls(
             str(snapshot["backend"]),
             str(snapshot["id"]),
             str(snapshot["host"]),
@@ -133,6 +149,8 @@ class AttachedInstance(Instance):
             snapshot.get("internal_host"),
             None if internal is None else {int(k): int(v) for k, v in internal.items()},
         )
+        instance.log_path = snapshot.get("log_path")
+        return instance
 
 
 class Backend(ABC):

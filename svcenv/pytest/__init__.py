@@ -54,6 +54,7 @@ from .plugin import (  # noqa: F401
     pytest_addoption,
     pytest_collection_finish,
     pytest_configure,
+    pytest_runtest_makereport,
     pytest_sessionfinish,
     pytest_terminal_summary,
     pytest_unconfigure,

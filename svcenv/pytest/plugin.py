@@ -31,6 +31,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=False,
         help="attach to services kept from earlier runs (same configuration), keep new ones for later runs",
     )
+    group.addoption(
+        "--svcenv-logs",
+        choices=("no", "failed", "all"),
+        default=None,
+        help="add the tail of each service's log to the report of failed tests (or of all); default: no",
+    )
+    parser.addini("svcenv_logs", "no, failed or all: service log tails in test reports, as --svcenv-logs", default="no")
+    parser.addini("svcenv_log_lines", "how many lines of each service's log a report shows", default="40")
     parser.addini("svcenv_reuse", "reuse services across runs, as --svcenv-reuse", type="bool", default=False)
     parser.addini(
         "svcenv_services",
@@ -110,6 +118,27 @@ def _svcenv_marker(request: pytest.FixtureRequest) -> None:
     missing = [name for name in used if name not in env]
     if missing:
         raise ConfigurationError(f"@pytest.mark.svcenv needs {missing}, but the environment has {list(env.services)}")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """With ``--svcenv-logs``, the tail of each of the session's services' logs goes into the report."""
+    outcome = yield
+    report: pytest.TestReport = outcome.get_result()
+    mode = item.config.getoption("--svcenv-logs") or item.config.getini("svcenv_logs")
+    if mode == "no" or report.when != "call" or (mode == "failed" and not report.failed):
+        return
+    run = item.config.stash.get(MANAGER, None)
+    env = run.env if run is not None else None
+    if env is None:
+        return
+    lines = int(item.config.getini("svcenv_log_lines") or 40)
+    for handle in env:
+        try:
+            tail = handle.logs(tail=lines)
+        except Exception as exc:  # the service may be gone: say so instead of hiding the test's own failure
+            tail = f"(its log could not be read: {exc})"
+        report.sections.append((f"svcenv: last {lines} lines of {handle.name}'s log", tail))
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
