@@ -2,7 +2,9 @@
 
 Follows the official ``mysql``/``mariadb`` images' contract: ``MYSQL_ROOT_PASSWORD``,
 ``MYSQL_DATABASE``, ``MYSQL_USER`` and ``MYSQL_PASSWORD`` (and their ``MARIADB_*``
-twins) set up the server on its first start. The client is PyMySQL, imported only
+twins) set up the server on its first start; svcenv passes the passwords as files
+(``MYSQL_ROOT_PASSWORD_FILE``, ``MYSQL_PASSWORD_FILE``), so ``docker inspect`` does not
+show them. The client is PyMySQL, imported only
 when a connection is made (``pip install 'svcenv[mysql]'``).
 
     from svcenv import Environment, MySQL
@@ -14,7 +16,7 @@ when a connection is made (``pip install 'svcenv[mysql]'``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from ._checks import database_credentials
@@ -22,6 +24,9 @@ from .descriptors import Resolved, Service, _env_with, generate_password
 from .errors import ConfigurationError, ProbeFailed
 from .handles import DatabaseHandle, ServiceHandle
 from .probes import Probe, _one_line
+
+SECRETS_DIR = "/run/svcenv-secrets"
+"""Where the passwords are put in a MySQL/MariaDB container (read by its entrypoint through ``*_FILE``)."""
 
 if TYPE_CHECKING:
     import pymysql.connections
@@ -101,12 +106,20 @@ class MySQL(Service):
         else:
             root_password = self.root_password or generate_password()
             password = self.password or generate_password()
-        managed = {"MYSQL_ROOT_PASSWORD": root_password, "MYSQL_DATABASE": self.dbname}
+        # The passwords go in files the image's entrypoint reads (its *_FILE contract), not in the
+        # container's environment, which `docker inspect` shows to anyone who may use the engine.
+        secret_files = {"ROOT_PASSWORD": (SECRETS_DIR + "/root-password", root_password)}
+        managed = {"MYSQL_DATABASE": self.dbname}
         if not self.is_root:
-            managed.update(MYSQL_USER=self.user, MYSQL_PASSWORD=password)
+            managed["MYSQL_USER"] = self.user
+            secret_files["PASSWORD"] = (SECRETS_DIR + "/password", password)
+        managed.update({f"MYSQL_{name}_FILE": path for name, (path, _) in secret_files.items()})
         twins = {f"MARIADB_{key.removeprefix('MYSQL_')}": value for key, value in managed.items()}
         env = _env_with(self.env, **managed, **twins)
-        return self._resolved(env, self.command, {"password": password, "root_password": root_password})
+        resolved = self._resolved(env, self.command, {"password": password, "root_password": root_password})
+        # 0644: the entrypoint reads them after dropping to the mysql user (only the container sees them).
+        files = {path: (value.encode(), 0o644) for path, value in secret_files.values()}
+        return replace(resolved, files={**resolved.files, **files})
 
     def handle_class(self) -> type[ServiceHandle]:
         return MySQLHandle

@@ -274,8 +274,14 @@ def test_resolve_follows_the_official_image_contract() -> None:
     password, root_password = first.secrets["password"], first.secrets["root_password"]
     assert password != second.secrets["password"]  # generated per environment
     assert password != root_password
-    assert first.env["MYSQL_ROOT_PASSWORD"] == first.env["MARIADB_ROOT_PASSWORD"] == root_password
-    assert first.env["MYSQL_PASSWORD"] == first.env["MARIADB_PASSWORD"] == password
+    # Passwords travel as files (the images' *_FILE contract), never in the container's environment.
+    root_file, user_file = first.env["MYSQL_ROOT_PASSWORD_FILE"], first.env["MYSQL_PASSWORD_FILE"]
+    assert first.env["MARIADB_ROOT_PASSWORD_FILE"] == root_file
+    assert first.env["MARIADB_PASSWORD_FILE"] == user_file
+    assert first.files[root_file][0] == root_password.encode()
+    assert first.files[user_file][0] == password.encode()
+    assert not {"MYSQL_ROOT_PASSWORD", "MYSQL_PASSWORD", "MARIADB_ROOT_PASSWORD", "MARIADB_PASSWORD"} & set(first.env)
+    assert all(password not in value and root_password not in value for value in first.env.values())
     assert first.env["MYSQL_USER"] == first.env["MARIADB_USER"] == "test"
     assert first.env["MYSQL_DATABASE"] == first.env["MARIADB_DATABASE"] == "test"
     assert first.ports == (3306,)
@@ -291,9 +297,9 @@ def test_given_values_and_env_are_kept() -> None:
     assert resolved.env["MYSQL_USER"] == "test"  # the descriptor's fields win
     root = MySQL(user="root", password="same").resolve()
     assert root.secrets == {"password": "same", "root_password": "same"}
-    assert root.env["MYSQL_ROOT_PASSWORD"] == "same"
+    assert root.files[root.env["MYSQL_ROOT_PASSWORD_FILE"]][0] == b"same"
     assert "MYSQL_USER" not in root.env
-    assert "MARIADB_PASSWORD" not in root.env
+    assert "MARIADB_PASSWORD_FILE" not in root.env
     assert MySQL(user="root", root_password="r").resolve().secrets["password"] == "r"
 
 

@@ -123,3 +123,19 @@ def test_a_fresh_cache_image_keeps_no_seed_password(leaks: LeakCheck, monkeypatc
 
 def backend_images(key: str) -> list[str]:
     return docker("images", "-q", "--filter", f"label={pgcache.KEY_LABEL}={key}").split()
+
+
+def test_mysql_passwords_are_in_no_inspect_and_no_argv(leaks: LeakCheck, mysql_image: str) -> None:
+    from svcenv import MySQL
+
+    with Environment(MySQL(), backend="docker", labels=leaks.labels) as env:
+        handle = env["mysql"]
+        inspected = docker("inspect", handle.id)
+        for secret in (handle.password, handle._resolved.secrets["root_password"]):
+            assert len(secret) >= 22
+            assert secret not in inspected, "a MySQL password is in `docker inspect`"
+            assert not [line for line in host_cmdlines() if secret.encode() in line], "a password is in an argv"
+        assert "MYSQL_ROOT_PASSWORD_FILE" in inspected
+        with handle.connect() as conn, conn.cursor() as cur:  # type: ignore[attr-defined]
+            cur.execute("SELECT CURRENT_USER()")
+            assert cur.fetchone()[0].startswith("test@")

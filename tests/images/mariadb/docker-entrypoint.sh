@@ -4,6 +4,7 @@
 #   MYSQL_ALLOW_EMPTY_PASSWORD / MARIADB_ALLOW_EMPTY_ROOT_PASSWORD or
 #   MYSQL_RANDOM_ROOT_PASSWORD / MARIADB_RANDOM_ROOT_PASSWORD), MYSQL_DATABASE,
 #   MYSQL_USER + MYSQL_PASSWORD (ALL on MYSQL_DATABASE), and the MARIADB_* twins;
+#   <each of these>_FILE naming a file that holds the value;
 #   /docker-entrypoint-initdb.d/*.sql|*.sh on the first start; server options as
 #   arguments ("mariadbd --innodb-buffer-pool-size=64M"); port 3306 on all addresses.
 # No password ever appears on a command line: SQL goes through stdin, the
@@ -27,10 +28,25 @@ if [ "$1" = 'mariadbd' ] && [ "$(id -u)" = '0' ]; then
 	exec setpriv --reuid=mysql --regid=mysql --init-groups "$BASH_SOURCE" "$@"
 fi
 
-# The value of MARIADB_<name>, else MYSQL_<name>, else empty.
+# The value of MARIADB_<name>, else MYSQL_<name>, else empty; each may instead name a file
+# holding the value (<var>_FILE, as the official images read secrets), never both.
 env_of() {
-	local mariadb="MARIADB_$1" mysql="MYSQL_$1"
-	printf '%s' "${!mariadb:-${!mysql:-}}"
+	local var file
+	for var in "MARIADB_$1" "MYSQL_$1"; do
+		file="${var}_FILE"
+		if [ -n "${!var:-}" ] && [ -n "${!file:-}" ]; then
+			echo "entrypoint: both $var and $file are set; give one" >&2
+			exit 1
+		fi
+		if [ -n "${!var:-}" ]; then
+			printf '%s' "${!var}"
+			return
+		fi
+		if [ -n "${!file:-}" ]; then
+			cat -- "${!file}"
+			return
+		fi
+	done
 }
 # A string as an SQL literal's contents (inside '...').
 sql_string() {
