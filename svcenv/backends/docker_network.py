@@ -17,7 +17,6 @@ container still uses, so a sweep never breaks a running (or kept) service.
 
 from __future__ import annotations
 
-import contextlib
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -121,7 +120,7 @@ class Shared:
             _quiet_remove(partial(client.api.remove_volume, name))
 
 
-def _remove_network(client: DockerClient, name: str, settle: float = 3.0) -> None:
+def _remove_network(client: DockerClient, name: str, settle: float = 3.0) -> bool:
     """Remove the network of an environment whose last container just went.
 
     The engine releases a removed container's endpoint a moment after the removal
@@ -130,20 +129,23 @@ def _remove_network(client: DockerClient, name: str, settle: float = 3.0) -> Non
     """
     from .._util import NotYet, poll
 
-    def removed() -> None:
+    def removed() -> bool:
         import docker.errors
 
         try:
             client.api.remove_network(name)
         except docker.errors.NotFound:
-            return
+            return False
         except docker.errors.APIError as exc:
             if exc.status_code in (403, 409):
                 raise NotYet(str(exc)) from None
             raise
+        return True
 
-    with contextlib.suppress(NotYet):
-        poll(removed, settle, first=0.05, cap=0.25)
+    try:
+        return poll(removed, settle, first=0.05, cap=0.25)
+    except NotYet:
+        return False
 
 
 def _create_network(client: DockerClient, name: str, labels: Mapping[str, str]) -> str:
@@ -170,7 +172,10 @@ def remove_unused(
     removed = 0
     for network in client.networks.list(filters=filters):
         if keep_alive is None or not keep_alive(dict(network.attrs.get("Labels") or {})):
-            removed += _quiet_remove(partial(client.api.remove_network, str(network.id)))
+            if client.containers.list(all=True, filters={"network": str(network.id)}):
+                removed += _quiet_remove(partial(client.api.remove_network, str(network.id)))  # in use: stays
+            else:  # no container left: an endpoint the engine has not released yet is worth a short wait
+                removed += _remove_network(client, str(network.id))
     for volume in client.volumes.list(filters=filters):
         if keep_alive is None or not keep_alive(dict(volume.attrs.get("Labels") or {})):
             removed += _quiet_remove(partial(client.api.remove_volume, volume.name))
