@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
 import re
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from .conftest import containers
+from .conftest import containers, networks
 
 ISOLATION_TESTS = """
 import json, os, pathlib
@@ -226,11 +227,13 @@ def test_keep_leaves_services_running(pytester: pytest.Pytester, docker_engine: 
     try:
         time.sleep(3)  # long enough for a (wrongly) armed reaper to remove it after pytest exited
         assert len(containers(f"svcenv.environment={env_id}")) == 1
-        result.stdout.fnmatch_lines(["*--svcenv-keep: environment * is still running*docker rm -fv*"])
+        result.stdout.fnmatch_lines(["*--svcenv-keep: environment * is still running*svcenv prune --label*"])
     finally:
-        ids = containers(f"svcenv.environment={env_id}")
-        if ids:
-            os.system(f"docker rm -fv {' '.join(ids)} >/dev/null")  # noqa: S605
+        # What the message says to run removes everything: containers and the environment's network.
+        label = f"svcenv.environment={env_id}"
+        subprocess.run([sys.executable, "-m", "svcenv", "prune", "--label", label], capture_output=True, timeout=120)
+    assert containers(label) == []
+    assert networks(label) == []
 
 
 def test_async_twins_with_pytest_asyncio(pytester: pytest.Pytester, docker_engine: None) -> None:

@@ -276,8 +276,8 @@ class Manager:
         if self.config.getoption("--svcenv-keep"):
             env.keep()
             self.summary.append(
-                f"--svcenv-keep: environment {env.id} is still running; remove it with "
-                f"`docker rm -fv $(docker ps -aq --filter label=svcenv.environment={env.id})`"
+                f"--svcenv-keep: environment {env.id} is still running; remove it (containers, network, "
+                f"volumes) with `python -m svcenv prune --label svcenv.environment={env.id}`"
             )
             return
         if self.share is not None:
