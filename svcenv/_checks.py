@@ -64,6 +64,7 @@ _SCALARS: dict[str, tuple[tuple[type, ...], str]] = {
     "heap": ((str,), "a JVM size such as '512m'"),
     "tuned": ((bool,), "True or False"),
     "cache": ((bool,), "True or False"),
+    "one_shot": ((bool,), "True or False"),
     "timeout": ((int, float), "a number of seconds"),
 }
 _MAP_VALUES = (str, int, float, bool)
@@ -97,7 +98,7 @@ def check_types(service: Service) -> None:
     for port in service.ports:
         if not _is(port, (int,)):
             raise service._wrong("ports", "a sequence of port numbers (int, 1..65535)", port)
-    for name in ("env", "settings"):
+    for name in ("env", "settings", "labels"):
         mapping = getattr(service, name, {})
         if not isinstance(mapping, Mapping):
             raise service._wrong(name, "a mapping of str to str", mapping)
@@ -107,6 +108,9 @@ def check_types(service: Service) -> None:
     command = service.command
     if command is not None and not isinstance(command, str) and not _is_argv(command):
         raise service._wrong("command", "a sequence of strings (an argv)", command)
+    entrypoint = service.entrypoint
+    if entrypoint is not None and not isinstance(entrypoint, str) and not _is_argv(entrypoint):
+        raise service._wrong("entrypoint", "a sequence of strings (an argv)", entrypoint)
     deps = (service.depends_on,) if isinstance(service.depends_on, (str, Service)) else service.depends_on
     if not isinstance(deps, Sequence) or not all(isinstance(d, (str, Service)) for d in deps):
         raise service._wrong("depends_on", "service names or descriptors", service.depends_on)

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, TypeVar
 from ._timing import ServiceTiming
 from ._util import DaemonJob, env_prefix
 from .backends import choose, requested_backend
-from .backends.base import LABEL_ENVIRONMENT, LABEL_SERVICE, Backend, Instance
+from .backends.base import LABEL_ENVIRONMENT, LABEL_KEEP, LABEL_SERVICE, Backend, Instance
 from .descriptors import Service
 from .errors import (
     BackendUnavailable,
@@ -91,8 +91,10 @@ class _Scheduler:
                 raise _Cancelled
             with self._lock:
                 service = resolve_refs(service, self._handles)
-            if self._reuse is not None and self._backends[name].reusable:
+            if self._reuse is not None and self._backends[name].reusable and not service.one_shot:
                 self._reuse_or_start(service, self._reuse)
+            elif service.one_shot:  # a job runs again each time and is removed at stop, kept or not
+                self._start_new(service, {k: v for k, v in self.labels.items() if k != LABEL_KEEP})
             else:
                 self._start_new(service, self.labels)
             self._ready[name].set()
@@ -154,16 +156,17 @@ class _Scheduler:
             except ProbeFailed as exc:
                 if self._cancel.is_set():
                     raise _Cancelled from None
-                raise _Failure(
-                    self._failure(
-                        service, resolved.image, instance, f"not ready within {timeout:g}s; last probe error: {exc}"
-                    )
-                ) from exc
+                said = (
+                    f"did not complete within {timeout:g}s (a one-shot job must exit with status 0)"
+                    if service.one_shot
+                    else f"not ready within {timeout:g}s; last probe error: {exc}"
+                )
+                raise _Failure(self._failure(service, resolved.image, instance, said)) from exc
             if self._cancel.is_set():
                 raise _Cancelled
             with self._lock:
                 self._handles[name] = handle
-                self._outcomes[name] = "started"
+                self._outcomes[name] = "completed" if service.one_shot else "started"
                 self._timings[name] = ServiceTiming(name, backend.name, begin, created, started, self._now(), attempts)
         except (_Cancelled, _Failure):
             self._stop_if_cancelled(instance)
@@ -213,8 +216,9 @@ class _Scheduler:
                     f"service {name!r} runs on the {backend.name} backend, whose servers end with this process"
                 )
         with self._lock:
-            self._kept.update(self._handles)
-            for name in self._handles:
+            lasting = [name for name in self._handles if not self._services[name].one_shot]
+            self._kept.update(lasting)
+            for name in lasting:
                 if name not in self._entries:  # reused ones say how they came
                     self._outcomes[name] = "kept"
         for backend in set(self._backends.values()):

@@ -68,7 +68,12 @@ class Service:
     On Docker (see :mod:`svcenv.container`): ``build`` builds the image (a context path
     or a :class:`~svcenv.BuildSpec`) instead of naming one; ``files`` (container path ->
     ``Path``, bytes or text) are copied in before it starts; ``volumes`` (name -> container
-    path) are named volumes of the environment; ``options`` are checked container options.
+    path) are named volumes of the environment; ``options`` are checked container options;
+    ``entrypoint`` replaces the image's entrypoint; ``labels`` are added to the container's
+    (svcenv's own ``svcenv.*`` labels cannot be given).
+    ``one_shot`` marks a job (a migration, a seeder): instead of being probed it must exit
+    with status 0 within its timeout; services that depend on it start after it completed,
+    and it is removed at teardown like the others (compose's ``service_completed_successfully``).
     """
 
     name: str
@@ -86,6 +91,9 @@ class Service:
     files: Mapping[str, Path | bytes | str] = field(default_factory=FrozenMap, repr=False)
     volumes: Mapping[str, str] = field(default_factory=FrozenMap)
     options: Mapping[str, object] = field(default_factory=FrozenMap)
+    entrypoint: tuple[str, ...] | None = None
+    labels: Mapping[str, str] = field(default_factory=FrozenMap)
+    one_shot: bool = False
 
     kind: ClassVar[str] = "service"
     default_image: ClassVar[str | None] = None
@@ -115,6 +123,10 @@ class Service:
             # A string is split like a shell would split words, never run through one.
             command = shlex.split(self.command) if isinstance(self.command, str) else self.command
             set_(self, "command", tuple(command))
+        if self.entrypoint is not None:
+            entrypoint = shlex.split(self.entrypoint) if isinstance(self.entrypoint, str) else self.entrypoint
+            set_(self, "entrypoint", tuple(entrypoint))
+        set_(self, "labels", FrozenMap({str(k): str(v) for k, v in dict(self.labels).items()}))
         deps = (self.depends_on,) if isinstance(self.depends_on, (str, Service)) else self.depends_on
         set_(self, "depends_on", tuple(d.name if isinstance(d, Service) else str(d) for d in deps))
         set_(self, "tmpfs", tuple(self.tmpfs))
@@ -150,6 +162,19 @@ class Service:
             )
         if self.probe is not None and not isinstance(self.probe, Probe):
             raise ConfigurationError(f"service {self.name!r}: probe must be a svcenv.probes.Probe")
+        for key in self.labels:
+            if key.startswith("svcenv.") or not key:
+                raise ConfigurationError(
+                    f"service {self.name!r}: label {key!r} cannot be set; svcenv.* labels are svcenv's own"
+                )
+        if self.one_shot and type(self).kind != "service":
+            raise ConfigurationError(
+                f"service {self.name!r}: a {self.kind} service cannot be one-shot; use Service(one_shot=True) for a job"
+            )
+        if self.one_shot and self.probe is not None:
+            raise ConfigurationError(
+                f"service {self.name!r}: a one-shot service is not probed (it must exit with status 0); drop probe="
+            )
 
     # -- what the environment asks of a descriptor -------------------------------------------
 
@@ -194,6 +219,10 @@ class Service:
     @property
     def readiness_probe(self) -> Probe:
         """The probe that decides readiness (the descriptor's, or the kind's default)."""
+        if self.one_shot:
+            from .probes import Completed
+
+            return Completed()
         if self.probe is not None:
             return self.probe
         from .probes import TCP
@@ -210,7 +239,9 @@ class Service:
         tmpfs = dict.fromkeys(self.tmpfs, "rw")
         files, volumes = read_files(self), dict(self.volumes)
         image = self.effective_image
-        return Resolved(self, image, self.ports, env, command, secrets or {}, tmpfs, None, files, volumes, self.options)
+        return Resolved(
+            self, image, self.ports, env, command, secrets or {}, tmpfs, self.entrypoint, files, volumes, self.options
+        )
 
     def handle_class(self) -> type[ServiceHandle]:
         from .handles import ServiceHandle

@@ -366,7 +366,8 @@ class Environment(_Scheduler):
     @property
     def outcomes(self) -> Mapping[str, str]:
         """How each service came, after ``start()``: ``started`` (removed at stop), ``kept`` (started and
-        left running: ``keep`` or recorded for reuse) or ``attached`` (a reused service that already ran)."""
+        left running: ``keep`` or recorded for reuse), ``attached`` (a reused service that already ran) or
+        ``completed`` (a one-shot job that exited with status 0; removed at stop)."""
         return {n: self._outcomes[n] for n in self._services if n in self._outcomes}
 
     def records(self) -> dict[str, Record]:

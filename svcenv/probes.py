@@ -34,6 +34,7 @@ __all__ = [
     "TCP",
     "AllOf",
     "Command",
+    "Completed",
     "ElasticsearchHealth",
     "Healthy",
     "LogLine",
@@ -252,6 +253,21 @@ class Healthy(Probe):
             raise ProbeFailed(f"HEALTHCHECK status {status!r}; last check: {output}")
 
 
+class Completed(Probe):
+    """Ready when the service has exited with status 0: a one-shot job (``Service(one_shot=True)``).
+
+    Another status fails the start at once (:class:`~svcenv.errors.ServiceExited`, the
+    job's log tail in the error); while it runs, the attempt fails and is retried.
+    """
+
+    def check(self, service: ServiceHandle) -> None:
+        status = service.exit_status()
+        if status is None:
+            raise ProbeFailed("the one-shot job is still running")
+        if status != 0:
+            raise ServiceExited(f"the one-shot job exited with status {status}")
+
+
 _AT_LEAST = {"green": ("green",), "yellow": ("green", "yellow"), "red": ("green", "yellow", "red")}
 
 
@@ -326,7 +342,7 @@ def wait_until_ready(
                     f"check the user and password in the URL (e.g. {url_variable(service.name)})"
                 )
             status = service.exit_status()
-            if status is not None:
+            if status is not None and not isinstance(probe, Completed):  # a job's exit is its answer
                 raise ServiceExited(f"exited with status {status} before it was ready; last probe error: {exc}")
 
     retrying = Retrying(

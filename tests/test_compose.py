@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import textwrap
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,6 @@ from svcenv.compose import (
     ComposePort,
     ComposeService,
     ComposeVolume,
-    _fields,
     image_kind,
     load_compose,
     parse_bytes,
@@ -32,7 +31,7 @@ from svcenv.compose import (
     select_services,
 )
 from svcenv.errors import ConfigurationError
-from svcenv.probes import AllOf, Command, LogLine, PostgresQuery, RedisPing, from_record, to_record
+from svcenv.probes import AllOf, Command, Completed, LogLine, PostgresQuery, RedisPing, from_record, to_record
 
 # -- helpers ---------------------------------------------------------------------------------
 
@@ -75,21 +74,6 @@ def descriptors(tmp_path: Path, text: str, environ: Mapping[str, str] | None = N
 def one(tmp_path: Path, body: str, environ: Mapping[str, str] | None = None) -> Any:
     indented = textwrap.indent(textwrap.dedent(body), "    ")
     return descriptors(tmp_path, f"services:\n  s:\n{indented}", environ)["s"]
-
-
-def has_field(name: str, kind: type[Service] = Service) -> bool:
-    return name in {f.name for f in dataclasses.fields(kind)}
-
-
-@pytest.fixture
-def without_fields(monkeypatch: pytest.MonkeyPatch) -> Callable[..., None]:
-    """Hide descriptor fields from the reader, as if svcenv did not have them yet."""
-
-    def hide(*names: str) -> None:
-        real = dataclasses.fields
-        monkeypatch.setattr(_fields, "fields", lambda kind: tuple(f for f in real(kind) if f.name not in names))
-
-    return hide
 
 
 # -- interpolation ---------------------------------------------------------------------------
@@ -902,37 +886,38 @@ def test_a_healthcheck_without_test_gives_a_notice(tmp_path: Path) -> None:
     assert "services.s.healthcheck: no test; svcenv cannot run the image's own" in notices
 
 
-# -- what svcenv maps only where the descriptor can take it ----------------------------------
-
-CANNOT_YET = [
-    ("build: .", "build", "build"),
-    ("image: x\n    entrypoint: [tini]", "entrypoint", "entrypoint"),
-    ("image: x\n    volumes: [data:/data]", "volumes", "volumes"),
-    ("image: x\n    volumes: ['./:/src:ro']", "files", "volumes"),
-    ("image: x\n    shm_size: 1g", "options", "shm_size"),
-    ("image: x\n    mem_limit: 1g", "options", "mem_limit"),
-    ("image: x\n    labels: [a=b]", "labels", "labels"),
-]
+# -- container keys and one-shot jobs --------------------------------------------------------
 
 
-@pytest.mark.parametrize(("body", "field", "key"), CANNOT_YET, ids=[c[2] + "-" + c[1] for c in CANNOT_YET])
-def test_keys_without_a_descriptor_field_cannot_be_set_yet(
-    tmp_path: Path, without_fields: Callable[..., None], body: str, field: str, key: str
-) -> None:
-    without_fields(field, key, "one_shot")
-    message = fails(tmp_path, f"services:\n  s:\n    {body}\nvolumes: {{data: }}\n")
-    assert f"services.s.{key}: svcenv cannot set {key}" in message
-    assert "yet (supported: image, command, environment" in message
+def test_entrypoint_labels_and_sizes_become_descriptor_fields(tmp_path: Path) -> None:
+    s = one(tmp_path, "image: x\nentrypoint: [tini, '--']\nlabels: {team: db}\nshm_size: 1g\nmem_limit: 512m\n")
+    assert (s.entrypoint, dict(s.labels)) == (("tini", "--"), {"team": "db"})
+    assert dict(s.options) == {"shm_size": 1 << 30, "mem_limit": 512 << 20}
+    message = fails(tmp_path, "services:\n  s: {image: x, labels: {svcenv.keep: 'true'}}\n")
+    assert "services.s: service 's': label 'svcenv.keep' cannot be set" in message
 
 
-def test_one_shot_services_cannot_be_set_yet(tmp_path: Path, without_fields: Callable[..., None]) -> None:
-    without_fields("one_shot")
-    text = "services:\n  app: {image: x, depends_on: {migrate: {condition: service_completed_successfully}}}\n"
-    message = fails(tmp_path, text + "  migrate: {image: x}\n")
-    assert "services.app.depends_on.migrate.condition: svcenv cannot set depends_on condition" in message
+def test_a_service_others_wait_to_complete_is_a_one_shot_job(tmp_path: Path) -> None:
+    text = """
+    services:
+      app: {image: x, depends_on: {migrate: {condition: service_completed_successfully}}}
+      migrate:
+        image: x
+        command: ./migrate
+        healthcheck: {test: [CMD, "true"]}
+    """
+    found = descriptors(tmp_path, textwrap.dedent(text))
+    migrate = found["migrate"]
+    assert migrate.one_shot
+    assert migrate.probe is None  # done when it exits 0; its healthcheck does not apply
+    assert isinstance(migrate.readiness_probe, Completed)
+    assert not found["app"].one_shot
+    assert found["app"].depends_on == ("migrate",)
+    db = "services:\n  a: {image: x, depends_on: {db: {condition: service_completed_successfully}}}\n"
+    message = fails(tmp_path, db + "  db: {image: postgres:16}\n")
+    assert "services.db: service 'db': a postgres service cannot be one-shot" in message
 
 
-@pytest.mark.skipif(not has_field("build"), reason="the descriptor has no build field yet")
 def test_build_is_passed_where_the_descriptor_takes_it(tmp_path: Path) -> None:
     app = one(tmp_path, "image: myapp\nbuild: {context: ./app, dockerfile: Dockerfile.dev, args: [A=1], target: dev}\n")
     assert app.image is None  # svcenv tags what it builds
@@ -946,7 +931,6 @@ def test_build_is_passed_where_the_descriptor_takes_it(tmp_path: Path) -> None:
     assert "services.s.build.context: svcenv cannot build from a URL yet" in message
 
 
-@pytest.mark.skipif(not (has_field("volumes") and has_field("files")), reason="no volumes/files fields yet")
 def test_volumes_are_passed_where_the_descriptor_takes_them(tmp_path: Path) -> None:
     (tmp_path / "initdb").mkdir()
     (tmp_path / "initdb" / "01.sql").write_text("select 1;")
@@ -976,13 +960,6 @@ def test_volumes_are_passed_where_the_descriptor_takes_them(tmp_path: Path) -> N
     assert f"services.s.volumes: the bind mount's source {tmp_path / 'gone'} does not exist" in message
     message = fails(tmp_path, "services:\n  s: {image: x, volumes: ['d:/a', 'd:/b']}\nvolumes: {d: }\n")
     assert "services.s.volumes: svcenv cannot mount the volume 'd' twice in one service yet" in message
-
-
-@pytest.mark.skipif(not has_field("options"), reason="no container options yet")
-def test_sizes_are_passed_as_container_options(tmp_path: Path) -> None:
-    pytest.importorskip("svcenv.container")
-    s = one(tmp_path, "image: x\nshm_size: 1g\nmem_limit: 512m\n")
-    assert dict(s.options) == {"shm_size": 1 << 30, "mem_limit": 512 << 20}
 
 
 def test_udp_ports_and_tmpfs_options_cannot_be_set(tmp_path: Path) -> None:

@@ -120,3 +120,59 @@ def test_the_plugin_runs_a_compose_file_under_xdist(project: Path, pytester: pyt
     pytester.makepyfile(test_app=textwrap.dedent(SUITE))
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-n", "2", timeout=300)
     result.assert_outcomes(passed=8)
+
+
+JOBS = """
+services:
+  postgres:
+    image: ${PG_IMAGE}
+    x-svcenv: {kind: postgres}
+    environment: {POSTGRES_USER: app, POSTGRES_PASSWORD: pw, POSTGRES_DB: appdb}
+  migrate:
+    image: ${PG_IMAGE}
+    environment: {PGPASSWORD: pw}
+    command: ["sh", "-c", "psql -h postgres -U app -d appdb -v ON_ERROR_STOP=1 -c \\"${SQL}\\" && echo migrated"]
+    depends_on: {postgres: {condition: service_healthy}}
+  app:
+    image: ${PG_IMAGE}
+    command: ["sleep", "infinity"]
+    healthcheck: {test: ["CMD", "true"]}
+    depends_on: {migrate: {condition: service_completed_successfully}}
+"""
+
+
+def _run_jobs(project: Path, sql: str) -> subprocess.CompletedProcess[str]:
+    (project / "compose.yaml").write_text(JOBS)
+    check = (
+        "import os, psycopg; c = psycopg.connect(os.environ['DATABASE_URL']); "
+        "print(c.execute('SELECT count(*) FROM items').fetchone()[0])"
+    )
+    return subprocess.run(
+        [sys.executable, "-m", "svcenv", "run", "-f", "compose.yaml", "--", sys.executable, "-c", check],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env={**os.environ, "SQL": sql},
+    )
+
+
+@pytest.mark.docker
+def test_a_one_shot_migration_completes_before_the_app_starts(project: Path, leaks: LeakCheck) -> None:
+    result = _run_jobs(project, "CREATE TABLE items (n int); INSERT INTO items VALUES (1), (2), (3)")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "3"
+    assert "migrate" in result.stderr
+    assert "completed in" in result.stderr
+    leaks.assert_clean()
+
+
+@pytest.mark.docker
+def test_a_failing_one_shot_migration_fails_the_start_with_its_log(project: Path, leaks: LeakCheck) -> None:
+    result = _run_jobs(project, "INSERT INTO missing_table VALUES (1)")
+    assert result.returncode != 0
+    assert "migrate" in result.stderr
+    assert "exited with status" in result.stderr
+    assert 'relation "missing_table" does not exist' in result.stderr  # the job's own log
+    assert "app" not in result.stdout
+    leaks.assert_clean()

@@ -107,7 +107,7 @@ class DockerInstance(Instance):
             if bindings:
                 self.ports[port] = int(bindings[0]["HostPort"])
         status = self._status()
-        if status is not None:
+        if status not in (None, 0):  # 0 may be a one-shot job done already; a probe judges the others
             raise ServiceExited(f"exited with status {status} right after it started")
         if self._post_start is not None:
             self._post_start(self._container)

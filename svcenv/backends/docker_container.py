@@ -106,7 +106,7 @@ def create_container(
         environment=dict(resolved.env),
         # docker-py takes (host_ip,) as "this interface, any free port" (its stubs do not say so).
         ports={f"{port}/tcp": cast(Any, (bind,)) for port in resolved.ports},
-        labels={**labels, LABEL_SERVICE: resolved.name},
+        labels={**resolved.service.labels, **labels, LABEL_SERVICE: resolved.name},
         name=f"svcenv-{env_id}-{resolved.name}",
         tmpfs=dict.fromkeys(resolved.tmpfs, ""),
         entrypoint=list(resolved.entrypoint) if resolved.entrypoint else None,

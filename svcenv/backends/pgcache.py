@@ -69,7 +69,7 @@ def enabled(resolved: Resolved) -> bool:
     service = resolved.service
     if not isinstance(service, Postgres) or not service.cache or service.command is not None:
         return False
-    if service.volumes or {"user", "platform"} & set(service.options):
+    if service.volumes or service.entrypoint is not None or {"user", "platform"} & set(service.options):
         return False  # where the data lives, or who initialises it, is the descriptor's to say
     return flag("SVCENV_POSTGRES_CACHE", default=True)
 

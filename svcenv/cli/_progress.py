@@ -33,11 +33,11 @@ class Progress:
         with self._lock:
             previous = self.states.get(name, ("", "", None))
             done = None
-            if state in ("ready", "attached", "failed"):
+            if state in ("ready", "attached", "completed", "failed"):
                 done = seconds if seconds is not None else time.monotonic() - self.t0
             self.states[name] = (state, detail, done)
             # Plain mode: one line per change; ready/attached services get the summary line with their address.
-            if not self.tty and previous[:2] != (state, detail) and state not in ("ready", "attached"):
+            if not self.tty and previous[:2] != (state, detail) and state not in ("ready", "attached", "completed"):
                 self.stream.write(f"svcenv: {name}: {self._describe(name)}\n")
                 self.stream.flush()
 

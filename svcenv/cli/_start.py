@@ -110,9 +110,10 @@ def _start(args: argparse.Namespace, config: ProjectConfig, store: StateDir, det
         for service in services:
             state = progress.states[service.name][0]
             if service.name in timings:
-                if state not in ("ready", "attached"):
+                if state not in ("ready", "attached", "completed"):
                     timing = timings[service.name]
-                    done = "attached" if env.outcomes.get(service.name) == "attached" else "ready"
+                    outcome = env.outcomes.get(service.name)
+                    done = outcome if outcome in ("attached", "completed") else "ready"
                     progress.set(service.name, done, timing.backend, timing.total_s)
             elif state == "pending" or state == "waiting":
                 waiting = [d for d in service.depends_on if d not in timings]
@@ -131,7 +132,7 @@ def _start(args: argparse.Namespace, config: ProjectConfig, store: StateDir, det
 def _report(running: Running, started: float) -> None:
     for handle in running.env:
         outcome = running.outcomes.get(handle.name, "started")
-        verb = "attached in" if outcome == "attached" else "ready in"
+        verb = {"attached": "attached in", "completed": "completed in"}.get(outcome, "ready in")
         address = f"{handle.host}:{handle.port}" if handle.ports else handle.host
         how = handle.backend + (", reused" if outcome in ("attached", "kept") and running.reused else "")
         seconds = running.seconds.get(handle.name, 0.0)

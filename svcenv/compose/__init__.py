@@ -22,10 +22,11 @@ official images (or ``x-svcenv: {kind: ...}``), else a generic ``Service``.
   the kind's own probe (``AllOf``); ``start_period + retries * (interval + timeout)``,
   how long Docker would wait before calling it unhealthy, extends the service's
   deadline (it never shortens svcenv's default).
-- ``build``, ``entrypoint``, ``volumes``, ``shm_size``, ``mem_limit``, ``labels`` and
-  one-shot services (``service_completed_successfully``) are passed to descriptor
-  fields of those names where the descriptor has them; otherwise :class:`ComposeError`
-  says svcenv cannot set them yet.
+- ``build``, ``entrypoint`` and ``labels`` become the descriptor fields of those names;
+  named volumes become ``volumes``, bind mounts ``files`` (copied in before the start),
+  ``shm_size`` and ``mem_limit`` container ``options``. A service that others wait for
+  with ``service_completed_successfully`` becomes a one-shot job
+  (``Service(one_shot=True)``): it must exit with status 0 before they start.
 
 Every key svcenv does not read, and every bad value, raises :class:`ComposeError`
 naming the file and the key path (``services.api.privileged``).

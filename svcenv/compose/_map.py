@@ -166,7 +166,7 @@ def _descriptor(service: ComposeService, selected: set[str], job: Job) -> Servic
     }
     if kind.kind in _KIND_SETTINGS:
         kwargs.update(_KIND_SETTINGS[kind.kind](env, service.command))
-    kwargs.update(passed_fields(kind, service, job), env=env)
+    kwargs.update(passed_fields(service, job), env=env)
     if "build" in kwargs:
         kwargs["image"] = None  # svcenv tags what it builds itself
     probe, budget = _health(service, job.notices)
@@ -176,7 +176,11 @@ def _descriptor(service: ComposeService, selected: set[str], job: Job) -> Servic
         kwargs["timeout"] = budget
     if service.x_svcenv.backend is not None:
         kwargs["backend"] = service.x_svcenv.backend
-    if kind is Service:
+    if kwargs.get("one_shot"):
+        probe = None  # a job is done when it exits with status 0, as service_completed_successfully means
+        if kind is Service:
+            kwargs["probe"] = None
+    elif kind is Service:
         # The healthcheck alone decides (as service_healthy); with neither it nor a port: ready once started.
         kwargs["probe"] = probe or (None if kwargs["ports"] else LogLine("", times=0))
     try:

@@ -179,7 +179,7 @@ class LocalBackend(Backend):
                 f"local: cannot run service {service.name!r}: the local backend runs only "
                 f"{', '.join(KINDS)} from local installations, not images"
             )
-        container = [name for name in ("build", "files", "volumes", "options") if getattr(service, name)]
+        container = [n for n in ("build", "files", "volumes", "options", "entrypoint", "labels") if getattr(service, n)]
         if container:
             return f"local: cannot serve {service.name!r}: it sets {', '.join(container)}, which only containers have"
         found = self._locate(kind)
