@@ -230,6 +230,23 @@ class PostgresHandle(DatabaseHandle):
 
         return await psycopg.AsyncConnection.connect(self.url_for(dbname or self.dbname), **kwargs)
 
+    def sqlalchemy_url(self, driver: str = "psycopg", dbname: str | None = None, *, internal: bool = False) -> str:
+        """A SQLAlchemy URL, ``postgresql+<driver>://user:password@host:port/dbname``, for ``create_engine``.
+
+        ``driver`` is a DBAPI that SQLAlchemy's PostgreSQL dialect knows: ``psycopg``
+        (psycopg 3, for ``create_engine`` and ``create_async_engine`` alike), ``asyncpg``,
+        ``psycopg2``, ``psycopg2cffi`` or ``pg8000``; svcenv installs none but psycopg 3.
+        ``dbname`` defaults to the service's database; ``internal`` gives the in-network
+        address (as :meth:`url_for`). User, password and database name are URL-quoted.
+        """
+        drivers = ("psycopg", "asyncpg", "psycopg2", "psycopg2cffi", "pg8000")
+        if driver not in drivers:
+            raise ConfigurationError(
+                f"postgres service {self.name!r}: no SQLAlchemy driver {driver!r}; use one of {', '.join(drivers)}"
+            )
+        url = self.url_for(dbname or self.dbname, internal=internal)
+        return f"postgresql+{driver}{url[len(self.url_scheme) :]}"
+
     def conventional_env_vars(self) -> dict[str, str]:
         """``DATABASE_URL`` and libpq's ``PGHOST``/``PGPORT``/``PGUSER``/``PGPASSWORD``/``PGDATABASE``."""
         return {

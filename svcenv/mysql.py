@@ -150,11 +150,17 @@ class MySQLQuery(Probe):
                     cursor.fetchone()
             finally:
                 conn.close()
-        except pymysql.err.MySQLError as exc:
-            code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else None
-            raise ProbeFailed(f"mysql: {_one_line(exc)}", credentials=code in _REFUSED) from exc
         except OSError as exc:
             raise ProbeFailed(f"mysql: {_one_line(exc)}") from exc
+        except Exception as exc:
+            # By name: after pymysql.install_as_MySQLdb() (Django settings do it), PyMySQL's errors may
+            # come from a second copy of its module, which `except pymysql.err.MySQLError` misses.
+            if not isinstance(exc, pymysql.err.MySQLError) and "MySQLError" not in {
+                c.__name__ for c in type(exc).__mro__
+            }:
+                raise
+            code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else None
+            raise ProbeFailed(f"mysql: {_one_line(exc)}", credentials=code in _REFUSED) from exc
 
 
 class MySQLHandle(DatabaseHandle):

@@ -11,9 +11,11 @@ import functools
 import os
 import re
 import subprocess
+import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
 
 import pytest
 
@@ -132,18 +134,21 @@ def base_image(docker_engine: None) -> str:
 
 
 @pytest.fixture
-def built_images(docker_engine: None) -> Iterator[set[str]]:
-    """Removes, after the test, every image svcenv built during it (label ``svcenv.build=true``).
+def built_images(docker_engine: None, leaks: LeakCheck) -> Iterator[set[str]]:
+    """Removes, after the test, every image its environments built (label ``svcenv.build=true`` and
+    the test's ``leaks`` label, which svcenv gives what an environment builds).
 
-    Yields the ids of the built images that were there before the test (left alone).
+    Yields the ids of the built images that were there before the test (left alone). Another test's
+    images (another xdist worker's, built meanwhile) carry another label and stay.
     """
 
-    def ids() -> set[str]:
-        return set(docker("images", "-q", "--no-trunc", "--filter", "label=svcenv.build=true").split())
+    def ids(*labels: str) -> set[str]:
+        filters = [arg for label in labels for arg in ("--filter", f"label={label}")]
+        return set(docker("images", "-q", "--no-trunc", *filters).split())
 
-    before = ids()
+    before = ids("svcenv.build=true")
     yield before
-    for image in ids() - before:
+    for image in ids("svcenv.build=true", f"svcenv.test={leaks.token}") - before:
         subprocess.run(["docker", "rmi", "-f", image], capture_output=True, timeout=60, check=False)
 
 
@@ -195,3 +200,53 @@ def leaks(docker_engine: None) -> Iterator[LeakCheck]:
     check = LeakCheck()
     yield check
     check.assert_clean()
+
+
+def fetch_example_wheels(example: Path) -> None:
+    """Run an example's ``fetch_wheels.py`` (its images install offline: containers cannot reach PyPI)."""
+    fetch = subprocess.run(
+        [sys.executable, str(example / "fetch_wheels.py")], capture_output=True, text=True, timeout=300, check=False
+    )
+    if fetch.returncode != 0:
+        tail = "\n".join(fetch.stderr.strip().splitlines()[-15:])
+        need(f"cannot download the {example.name} example's wheels (is PyPI reachable?):\n{tail}")
+
+
+def run_example(
+    example: Path,
+    leaks: LeakCheck,
+    args: Sequence[str] = (),
+    env: Mapping[str, str] | None = None,
+    *,
+    at_least: int = 1,
+    forbidden: str = r"failed|skipped|errors?",
+    timeout: float = 600,
+) -> str:
+    """Run an example's own suite as a user does (``python -m pytest`` in its directory); its output.
+
+    A session of its own: none of this run's ``PYTEST_*`` variables (xdist worker ids, options)
+    leak into it; its containers carry ``leaks``' label. Fails unless it exits 0 with at least
+    ``at_least`` passed and no outcome matching ``forbidden``.
+    """
+    environ = {key: value for key, value in os.environ.items() if not key.startswith("PYTEST_")}
+    environ.update(env or {}, SVCENV_LABELS=f"svcenv.test={leaks.token}")
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *args],
+            cwd=example,
+            env=environ,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise AssertionError(f"the {example.name} example did not finish within {timeout:g}s:\n{exc.output}") from None
+    out = proc.stdout
+    assert proc.returncode == 0, f"the {example.name} example failed:\n{out}"
+    passed = re.search(r"\b(\d+) passed\b", out)
+    assert passed, f"the {example.name} example did not report its tests passing:\n{out}"
+    assert int(passed.group(1)) >= at_least, out
+    assert not re.search(rf"\b\d+ ({forbidden})\b", out), out
+    return out

@@ -271,6 +271,8 @@ def _shut(sock: socket.socket) -> None:
 @pytest.fixture(name="engine_proxy")
 def engine_proxy_fixture(monkeypatch: pytest.MonkeyPatch) -> Iterator[EngineProxy]:
     """An :class:`EngineProxy` in normal mode, with ``DOCKER_HOST`` pointing at it for the test."""
-    with EngineProxy() as proxy:
-        monkeypatch.setenv("DOCKER_HOST", proxy.url)
+    # Restored when this fixture ends, before `leaks` counts leftovers, in whatever order plugins
+    # (pytest-django's autouse fixtures) made pytest set `monkeypatch` up.
+    with EngineProxy() as proxy, monkeypatch.context() as patch:
+        patch.setenv("DOCKER_HOST", proxy.url)
         yield proxy

@@ -10,50 +10,20 @@ anything it leaves; ``built_images`` removes the two images it built.
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
 
-from .conftest import LeakCheck, docker, need
+from .conftest import LeakCheck, docker, fetch_example_wheels, run_example
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "jobs"
-
-
-def _tail(text: str, lines: int = 15) -> str:
-    return "\n".join(text.strip().splitlines()[-lines:])
 
 
 def test_the_jobs_example_passes_and_leaves_nothing_behind(
     leaks: LeakCheck, base_image: str, built_images: set[str]
 ) -> None:
-    fetch = subprocess.run(
-        [sys.executable, str(EXAMPLE / "fetch_wheels.py")], capture_output=True, text=True, timeout=300, check=False
-    )
-    if fetch.returncode != 0:
-        need(f"cannot download the jobs example's wheels (is PyPI reachable?):\n{_tail(fetch.stderr)}")
-
-    # Its own session: none of this run's xdist worker ids or options leak into it.
-    env = {key: value for key, value in os.environ.items() if not key.startswith("PYTEST_")}
-    env.update(SVCENV_LABELS=f"svcenv.test={leaks.token}", JOBS_BASE_IMAGE=base_image)
-    try:
-        proc = subprocess.run(
-            [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "tests"],
-            cwd=EXAMPLE,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            timeout=600,
-            check=False,
-        )
-    except subprocess.TimeoutExpired as exc:
-        raise AssertionError(f"the jobs example did not finish within 600s:\n{exc.output}") from None
-    assert proc.returncode == 0, f"the jobs example failed:\n{proc.stdout}"
-    passed = re.search(r"\b(\d+) passed\b", proc.stdout)
-    assert passed, f"the jobs example did not report its tests passing:\n{proc.stdout}"
-    assert int(passed.group(1)) >= 5, proc.stdout
-    assert not re.search(r"\b\d+ (failed|skipped|errors?)\b", proc.stdout), proc.stdout
+    fetch_example_wheels(EXAMPLE)
+    run_example(EXAMPLE, leaks, ["tests"], {"JOBS_BASE_IMAGE": base_image}, at_least=5)
     # svcenv built the api and the worker (built_images removes them after this test).
     built = docker("images", "--filter", "label=svcenv.build=true", "--format", "{{.Repository}}").split()
     assert {"svcenv-build/api", "svcenv-build/worker"} <= set(built), built
@@ -78,11 +48,7 @@ while time.monotonic() < deadline:
 
 
 def test_the_jobs_compose_file_runs_through_svcenv(leaks: LeakCheck, base_image: str, built_images: set[str]) -> None:
-    fetch = subprocess.run(
-        [sys.executable, str(EXAMPLE / "fetch_wheels.py")], capture_output=True, text=True, timeout=300, check=False
-    )
-    if fetch.returncode != 0:
-        need(f"cannot download the jobs example's wheels (is PyPI reachable?):\n{_tail(fetch.stderr)}")
+    fetch_example_wheels(EXAMPLE)
     env = {key: value for key, value in os.environ.items() if not key.startswith("PYTEST_")}
     env.update(
         SVCENV_LABELS=f"svcenv.test={leaks.token}",

@@ -13,12 +13,22 @@ What svcenv does, and why:
   (see :mod:`svcenv.backends.docker_network`), as do the environment's named volumes.
 * ``Service(build=...)`` images are built on the engine and cached by the hash of
   their context (see :mod:`svcenv.backends.docker_build`).
-* Ports publish on 127.0.0.1. For a remote engine (``DOCKER_HOST=tcp://…``/``ssh://…``)
-  loopback would be unreachable, so they publish on the engine's interfaces and
-  svcenv connects to the engine's host. ``SVCENV_DOCKER_BIND`` overrides the bind address.
+* Where ports publish is decided from the engine's URL alone: on 127.0.0.1 for a
+  local engine (a unix socket, or TCP/ssh to loopback), whatever else is set; for a
+  remote engine (``DOCKER_HOST=tcp://HOST:PORT``/``ssh://HOST``) on the one address of
+  its host that svcenv connects to (``HOST``, resolved), never on every interface.
+  ``SVCENV_DOCKER_BIND`` is the explicit opt-in to any other address. On a remote
+  engine a service that takes no credentials (``Redis(password="")``, Elasticsearch,
+  a generic ``Service``) is refused unless ``SVCENV_DOCKER_BIND`` is set.
 * svcenv connects to 127.0.0.1 for a local engine even when it runs inside a
   container (testcontainers would pick the bridge gateway), to the engine's host
-  for a remote one, or to ``TESTCONTAINERS_HOST_OVERRIDE`` if set.
+  for a remote one. ``SVCENV_DOCKER_HOST_IP`` overrides that; so does
+  ``TESTCONTAINERS_HOST_OVERRIDE`` for a remote engine, or a local one with
+  ``SVCENV_DOCKER_BIND`` (alone on a local engine it would name an address where
+  nothing is published: svcenv logs that it is not used).
+* An engine that stops answering (refused, reset, timed out) is a
+  :class:`~svcenv.errors.BackendUnavailable` naming it, from every call; the
+  teardown stays bounded, and the reaper removes what is left once it answers again.
 * No Ryuk: the environment removes its containers by label on every exit path.
   If the owner dies (even by SIGKILL), a small reaper process
   (:mod:`svcenv.backends._docker_reaper`) removes them instead; ``SVCENV_REAPER=0``
@@ -46,7 +56,17 @@ from .._util import flag
 from ..errors import BackendUnavailable, ServiceExited
 from .base import LABEL_ENVIRONMENT, Backend, Instance
 from .docker_container import create_container, put_files, tar_of
-from .docker_host import _is_loopback, engine_host, ensure_image, hub_image, vanished
+from .docker_host import (
+    bind_address,
+    engine_calls,
+    engine_host,
+    engine_name,
+    ensure_image,
+    hub_image,
+    refuse_unauthenticated,
+    remote_host,
+    vanished,
+)
 from .docker_network import Shared
 
 if TYPE_CHECKING:
@@ -77,7 +97,9 @@ class DockerInstance(Instance):
         post_start: Callable[[Container], None] | None = None,
         alias: str | None = None,
         on_removed: Callable[[], None] | None = None,
+        engine: str | None = None,
     ) -> None:
+        self._engine = engine or engine_name()
         self._post_start = post_start
         self._container = container
         self.id = str(container.id)
@@ -99,6 +121,10 @@ class DockerInstance(Instance):
         return {port: port for port in self._wanted}
 
     def start(self) -> None:
+        with engine_calls(self._engine, f"starting container {self.id[:12]}"):
+            self._start()
+
+    def _start(self) -> None:
         self._container.start()
         self._container.reload()
         published = self._container.attrs["NetworkSettings"]["Ports"] or {}
@@ -118,7 +144,8 @@ class DockerInstance(Instance):
         import docker.errors
 
         try:
-            self._container.remove(force=True, v=True)
+            with engine_calls(self._engine, f"removing container {self.id[:12]}"):
+                self._container.remove(force=True, v=True)
         except docker.errors.NotFound:
             pass
         except docker.errors.APIError as exc:
@@ -133,7 +160,8 @@ class DockerInstance(Instance):
         import docker.errors
 
         try:
-            self._container.reload()
+            with engine_calls(self._engine, f"asking for container {self.id[:12]}"):
+                self._container.reload()
         except docker.errors.NotFound:
             return -1
         return self._status()
@@ -157,13 +185,15 @@ class DockerInstance(Instance):
         import docker.errors
 
         try:
-            raw = self._container.logs(tail=tail if tail is not None else "all")
+            with engine_calls(self._engine, f"reading the log of container {self.id[:12]}"):
+                raw = self._container.logs(tail=tail if tail is not None else "all")
         except docker.errors.APIError as exc:
             return f"(log unavailable: {exc})"
         return bytes(raw).decode("utf-8", errors="replace")
 
     def exec(self, argv: list[str]) -> tuple[int, str]:
-        code, output = self._container.exec_run(argv)
+        with engine_calls(self._engine, f"running {argv[:1]} in container {self.id[:12]}"):
+            code, output = self._container.exec_run(argv)
         return int(code if code is not None else -1), cast(bytes, output or b"").decode("utf-8", errors="replace")
 
 
@@ -177,6 +207,10 @@ class DockerBackend(Backend):
     def __init__(self) -> None:
         self._client: DockerClient | None = None
         self._host: str | None = None
+        self._remote: str | None = None
+        self._bind: str | None = None
+        self._engine = engine_name()
+        self._docker_host: str | None = None
         self._error: BackendUnavailable | None = None
         self._reaper: subprocess.Popen[bytes] | None = None
         self._reaper_lock = threading.Lock()  # services are created from several threads at once
@@ -189,8 +223,13 @@ class DockerBackend(Backend):
         with self._reaper_lock:
             if self._reaper is not None:
                 return
+            env = dict(os.environ)
+            env.pop("DOCKER_HOST", None)
+            if self._docker_host:  # the engine this backend uses, whatever DOCKER_HOST says by now
+                env["DOCKER_HOST"] = self._docker_host
             self._reaper = subprocess.Popen(
                 [sys.executable, "-m", "svcenv.backends._docker_reaper", env_id],
+                env=env,
                 stdin=subprocess.PIPE,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
@@ -222,6 +261,8 @@ class DockerBackend(Backend):
         if self._error is not None:
             raise self._error
         client: DockerClient | None = None
+        self._docker_host = os.environ.get("DOCKER_HOST")
+        self._engine = engine_name()
         try:
             import docker
 
@@ -233,14 +274,20 @@ class DockerBackend(Backend):
         except Exception as exc:
             if client is not None:
                 client.close()
-            where = os.environ.get("DOCKER_HOST") or "the local socket (/var/run/docker.sock)"
             self._error = BackendUnavailable(
-                f"docker: no Docker engine answers at {where}: {' '.join(str(exc).split())}. "
+                f"docker: no Docker engine answers at {self._engine}: {' '.join(str(exc).split())}. "
                 "Start the engine (e.g. `dockerd &`) or point DOCKER_HOST at one."
             )
             raise self._error from exc
+        try:
+            self._remote = remote_host(client.api.base_url)
+            self._bind = bind_address(self._remote)
+            self._host = engine_host(client)
+        except BackendUnavailable as exc:
+            client.close()
+            self._error = exc
+            raise
         self._client = client
-        self._host = engine_host(client)
 
     @property
     def host(self) -> str:
@@ -249,18 +296,30 @@ class DockerBackend(Backend):
         return self._host
 
     @property
+    def remote(self) -> str | None:
+        """The engine's host if the engine is remote (from its URL), else None."""
+        self.check()
+        return self._remote
+
+    @property
     def bind_address(self) -> str:
-        """Where ports publish: loopback for a local engine."""
-        explicit = os.environ.get("SVCENV_DOCKER_BIND")
-        if explicit:
-            return explicit
-        return "127.0.0.1" if _is_loopback(self.host) else "0.0.0.0"  # noqa: S104 (remote engine)
+        """Where ports publish: 127.0.0.1 for a local engine, the engine host's address for a remote one
+        (see :func:`~svcenv.backends.docker_host.bind_address`)."""
+        self.check()
+        assert self._bind is not None
+        return self._bind
 
     def create(self, resolved: Resolved, labels: Mapping[str, str]) -> DockerInstance:
+        self.check()
+        with engine_calls(self._engine, f"creating service {resolved.name!r}"):
+            return self._create(resolved, labels)
+
+    def _create(self, resolved: Resolved, labels: Mapping[str, str]) -> DockerInstance:
         from . import pgcache
 
         self._arm_reaper(labels.get(LABEL_ENVIRONMENT, ""))
-        resolved = self._image_for(resolved)
+        resolved = self._image_for(resolved, labels)
+        refuse_unauthenticated(resolved, self._remote, self.bind_address)
         post_start: Callable[[Container], None] | None = None
         if pgcache.enabled(resolved):
             # The cache image is built from the image just checked, on this engine: it is used as named.
@@ -288,14 +347,14 @@ class DockerBackend(Backend):
             self._shared.release(client, env_id)
             raise
         release = lambda: self._shared.release(client, env_id)  # noqa: E731
-        return DockerInstance(created, self.host, resolved.ports, post_start, resolved.name, release)
+        return DockerInstance(created, self.host, resolved.ports, post_start, resolved.name, release, self._engine)
 
-    def _image_for(self, resolved: Resolved) -> Resolved:
+    def _image_for(self, resolved: Resolved, labels: Mapping[str, str]) -> Resolved:
         """``resolved`` with the image to create: built now (``build=``), else checked or pulled."""
         if resolved.service.build is not None:
             from .docker_build import ensure_built
 
-            return replace(resolved, image=ensure_built(self.client, resolved.service))
+            return replace(resolved, image=ensure_built(self.client, resolved.service, labels))
         resolved = replace(resolved, image=hub_image(resolved.image))
         ensure_image(self.client, resolved)
         return resolved
@@ -306,8 +365,9 @@ class DockerBackend(Backend):
         from ._docker_reaper import remove_labelled
         from .docker_network import remove_unused
 
-        removed = remove_labelled(self._client, labels)
-        remove_unused(self._client, labels)  # the network and volumes, unless a container still uses them
+        with engine_calls(self._engine, "removing the environment's containers, network and volumes"):
+            removed = remove_labelled(self._client, labels)
+            remove_unused(self._client, labels)  # the network and volumes, unless a container still uses them
         return removed
 
     # -- containers another process started (see docker_records) ----------------------------

@@ -22,6 +22,7 @@ import logging
 import os
 import stat
 from collections import deque
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +30,15 @@ from .._paths import cache_dir
 from .._util import file_lock
 from ..container import BuildSpec, build_repository
 from ..errors import BuildFailed, ConfigurationError, ServiceFailure
+from .base import (
+    LABEL_ENVIRONMENT,
+    LABEL_KEEP,
+    LABEL_OWNER_PID,
+    LABEL_PROJECT,
+    LABEL_REUSE_HASH,
+    LABEL_SERVICE,
+    LABEL_STATE_DIR,
+)
 
 if TYPE_CHECKING:
     from docker import DockerClient
@@ -109,8 +119,16 @@ def _have(client: DockerClient, tag: str, digest: str) -> bool:
     return (image.labels or {}).get(HASH_LABEL) == digest
 
 
-def ensure_built(client: DockerClient, service: Service) -> str:
+_ENVIRONMENT_LABELS = frozenset(
+    (LABEL_ENVIRONMENT, LABEL_OWNER_PID, LABEL_SERVICE, LABEL_KEEP, LABEL_REUSE_HASH, LABEL_STATE_DIR, LABEL_PROJECT)
+)
+
+
+def ensure_built(client: DockerClient, service: Service, labels: Mapping[str, str] | None = None) -> str:
     """The tag of ``service``'s built image: on the engine already, or built now.
+
+    A new image also carries ``labels``: those of the environment that built it, but for the ones
+    that name that environment, its owner or its services (the image is a cache that outlives it).
 
     Raises :class:`~svcenv.errors.BuildFailed` (with the log's last lines) if the build fails.
     """
@@ -125,12 +143,19 @@ def ensure_built(client: DockerClient, service: Service) -> str:
         return tag
     with file_lock(cache_dir() / "locks" / f"build-{digest[:16]}.lock"):
         if not _have(client, tag, digest):
-            _build(client, service, build, tag, digest, platform)
+            own = {k: v for k, v in (labels or {}).items() if k not in _ENVIRONMENT_LABELS}
+            _build(client, service, build, tag, digest, platform, own)
     return tag
 
 
 def _build(
-    client: DockerClient, service: Service, build: BuildSpec, tag: str, digest: str, platform: str | None
+    client: DockerClient,
+    service: Service,
+    build: BuildSpec,
+    tag: str,
+    digest: str,
+    platform: str | None,
+    labels: Mapping[str, str],
 ) -> None:
     import docker.errors
 
@@ -146,7 +171,7 @@ def _build(
             tag=tag,
             buildargs=dict(build.args),
             target=build.target,
-            labels={BUILD_LABEL: "true", HASH_LABEL: digest},
+            labels={**labels, BUILD_LABEL: "true", HASH_LABEL: digest},
             rm=True,
             forcerm=True,  # the intermediate containers go, also when a step fails
             pull=False,

@@ -4,19 +4,33 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import logging
 import os
+import re
+import socket
 import urllib.parse
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from ..errors import ImageUnavailable
+from ..errors import BackendUnavailable, ConfigurationError, ImageUnavailable
 
 if TYPE_CHECKING:
     from docker import DockerClient
 
     from .._resolved import Resolved
 
-__all__ = ["engine_host", "ensure_image", "hub_image", "vanished"]
+__all__ = [
+    "bind_address",
+    "engine_calls",
+    "engine_host",
+    "engine_name",
+    "ensure_image",
+    "has_credentials",
+    "hub_image",
+    "refuse_unauthenticated",
+    "remote_host",
+    "vanished",
+]
 
 
 def _is_loopback(host: str) -> bool:
@@ -28,22 +42,139 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def engine_host(client: DockerClient) -> str:
-    """The address at which this process reaches ports the engine publishes (``client``: a docker-py client)."""
-    from testcontainers.core.config import testcontainers_config
-    from testcontainers.core.docker_client import get_docker_host_hostname
+LOCAL_SOCKET = "unix:///var/run/docker.sock"
 
-    override = os.environ.get("SVCENV_DOCKER_HOST_IP") or testcontainers_config.tc_host_override
+
+def engine_name() -> str:
+    """The engine as messages name it: ``DOCKER_HOST``, or the local socket."""
+    return os.environ.get("DOCKER_HOST") or f"{LOCAL_SOCKET} (the local socket)"
+
+
+def remote_host(base_url: str) -> str | None:
+    """The engine's host if the engine is remote, else None; from the engine's URL alone.
+
+    ``base_url`` is docker-py's (``http://HOST:PORT`` for ``DOCKER_HOST=tcp://HOST:PORT``,
+    ``http+docker://…`` for a unix socket, a named pipe or ``ssh://``; the ssh host is read from
+    ``DOCKER_HOST``). A unix socket, a named pipe and a TCP or ssh URL naming loopback are local.
+    """
+    docker_host = os.environ.get("DOCKER_HOST", "")
+    if docker_host.startswith("ssh://"):
+        host = urllib.parse.urlparse(docker_host).hostname
+    else:
+        url = urllib.parse.urlparse(base_url)
+        host = url.hostname if url.scheme in ("http", "https", "tcp") else None
+    return None if not host or _is_loopback(host) else host
+
+
+def bind_address(remote: str | None) -> str:
+    """Where the engine publishes ports: ``SVCENV_DOCKER_BIND`` if set (the explicit opt-in to anything
+    wider), else 127.0.0.1 for a local engine, else the one address of the remote engine's host that
+    svcenv connects to (``remote``, resolved here if it is a name), never every interface."""
+    explicit = os.environ.get("SVCENV_DOCKER_BIND")
+    if explicit:
+        return explicit
+    if remote is None:
+        return "127.0.0.1"
+    try:
+        return str(ipaddress.ip_address(remote))
+    except ValueError:
+        pass
+    try:
+        return str(socket.getaddrinfo(remote, None, type=socket.SOCK_STREAM)[0][4][0])
+    except OSError as exc:
+        raise BackendUnavailable(
+            f"docker: the engine at {engine_name()} is on host {remote!r}, which does not resolve here ({exc}); "
+            "set SVCENV_DOCKER_BIND to the address of that host where its ports should be published"
+        ) from exc
+
+
+_warned: set[str] = set()
+"""The connect-address warnings logged so far (each once per process)."""
+
+
+def engine_host(client: DockerClient) -> str:
+    """The address at which this process reaches ports the engine publishes (``client``: a docker-py client).
+
+    ``SVCENV_DOCKER_HOST_IP`` if set; else for a remote engine ``TESTCONTAINERS_HOST_OVERRIDE`` (or
+    testcontainers' ``TC_HOST``) if set, else the engine's host; for a local engine 127.0.0.1, where
+    its ports are published. On a local engine the override is used only with ``SVCENV_DOCKER_BIND``
+    (it does not widen where ports are published; see :func:`bind_address`), or when it is loopback.
+    A connect address that cannot reach where the ports are published is logged (once).
+    """
+    from testcontainers.core.config import testcontainers_config
+
+    remote = remote_host(client.api.base_url)
+    widened = remote is not None or bool(os.environ.get("SVCENV_DOCKER_BIND"))
+    explicit = os.environ.get("SVCENV_DOCKER_HOST_IP")
+    if explicit:
+        if not widened and not _is_loopback(explicit):
+            _warn_once(
+                f"svcenv: SVCENV_DOCKER_HOST_IP={explicit} is used, but the engine ({engine_name()}) is local, so "
+                "its ports are published on 127.0.0.1 only. To publish them where svcenv connects, set "
+                f"SVCENV_DOCKER_BIND (e.g. to {explicit}) as well."
+            )
+        return explicit
+    override = testcontainers_config.tc_host_override
     if override:
-        return override
-    ssh_host = get_docker_host_hostname()
-    if ssh_host:
-        return ssh_host
-    url = urllib.parse.urlparse(client.api.base_url)
-    remote = url.scheme in ("http", "https", "tcp") and url.hostname not in (None, "localnpipe")
-    if remote and url.hostname and not _is_loopback(url.hostname):
-        return url.hostname
-    return "127.0.0.1"
+        if widened or _is_loopback(override):
+            return override
+        _warn_once(
+            f"svcenv: TESTCONTAINERS_HOST_OVERRIDE={override} is not used: the engine ({engine_name()}) is local, "
+            "so svcenv publishes ports on 127.0.0.1 only and connects there. To publish them beyond loopback, "
+            f"set SVCENV_DOCKER_BIND (e.g. to {override}) as well."
+        )
+    return remote or "127.0.0.1"
+
+
+def _warn_once(message: str) -> None:
+    if message not in _warned:
+        _warned.add(message)
+        logging.getLogger("svcenv").warning("%s", message)
+
+
+def has_credentials(resolved: Resolved) -> bool:
+    """Whether a client needs a secret to use the service (a password svcenv generated or was given)."""
+    return any(resolved.secrets.values())
+
+
+def refuse_unauthenticated(resolved: Resolved, remote: str | None, bind: str) -> None:
+    """Refuse to publish a service without credentials beyond loopback unless ``SVCENV_DOCKER_BIND`` opts in."""
+    if remote is None or not resolved.ports or has_credentials(resolved) or os.environ.get("SVCENV_DOCKER_BIND"):
+        return
+    raise ConfigurationError(
+        f"service {resolved.name!r} takes no credentials, and the engine at {engine_name()} is remote: its "
+        f"ports would be published on {bind}, where anyone who reaches that host could use it. Give it a "
+        f"password if its kind takes one, or opt in with SVCENV_DOCKER_BIND={bind}."
+    )
+
+
+def _why(exc: BaseException) -> str:
+    """The cause in a few words (requests wraps it in a pool's retry error): "[Errno 111] Connection
+    refused", "Read timed out", ..."""
+    text = " ".join(str(exc).split())
+    errno = re.search(r"\[Errno -?\d+\] [^'\")(]+", text)
+    if errno:
+        return errno.group(0).strip()
+    if "timed out" in text.lower():
+        return "timed out"
+    return text[:200] or type(exc).__name__
+
+
+@contextlib.contextmanager
+def engine_calls(engine: str, what: str) -> Iterator[None]:
+    """Turn "the engine does not answer" (refused, reset, timed out, a name that no longer resolves)
+    into a :class:`~svcenv.errors.BackendUnavailable` that names the ``engine`` and ``what`` was asked."""
+    import requests.exceptions
+
+    lost = (requests.exceptions.ConnectionError, requests.exceptions.Timeout, requests.exceptions.ChunkedEncodingError)
+    try:
+        yield
+    except lost as exc:  # the engine's own answers (docker.errors.APIError) pass through
+        said = _why(exc)
+        raise BackendUnavailable(
+            f"docker: the engine at {engine} does not answer ({what}: {said}). Is it still running? "
+            "What svcenv left there is removed when it answers again (by the reaper, or `python -m svcenv prune`)."
+        ) from exc
 
 
 def hub_image(image: str) -> str:

@@ -114,8 +114,12 @@ def _find(client: DockerClient, key: str) -> str | None:
 
 
 def _build(client: DockerClient, resolved: Resolved, key: str, labels: Mapping[str, str], timeout: float) -> str:
-    """Run a seed container, wait until it is ready, stop it cleanly and commit it."""
-    import psycopg
+    """Run a seed container, wait until it is ready, stop it cleanly and commit it.
+
+    The seed publishes no port: it is probed from inside (``pg_isready``), so it works the same on a
+    remote engine, and no one outside the seed can reach it.
+    """
+    import docker.errors
 
     from .docker_container import put_files
 
@@ -132,7 +136,6 @@ def _build(client: DockerClient, resolved: Resolved, key: str, labels: Mapping[s
         resolved.image,
         environment=seed_env,
         labels={**seed_labels, "svcenv.service": f"{resolved.name}-cache-seed"},
-        ports={"5432/tcp": cast(Any, ("127.0.0.1",))},
         detach=True,
     )
     try:
@@ -145,20 +148,21 @@ def _build(client: DockerClient, resolved: Resolved, key: str, labels: Mapping[s
             seed.reload()
             if seed.attrs["State"]["Status"] == "exited":
                 raise ServiceExited(f"the cache seed exited: {seed.logs(tail=20).decode(errors='replace')}")
-            port = seed.attrs["NetworkSettings"]["Ports"]["5432/tcp"][0]["HostPort"]
-            # Ready on TCP means the entrypoint finished initdb and its restart.
-            with psycopg.connect(
-                host="127.0.0.1",
-                port=port,
-                user=user,
-                dbname=dbname,
-                password=password,
-                connect_timeout=2,
-            ):
-                pass
+            # Ready on TCP means the entrypoint finished initdb and its restart (its temporary server
+            # listens on the unix socket only). Asked inside the seed: 127.0.0.1 there is the seed's own.
+            argv = ["pg_isready", "-q", "-h", "127.0.0.1", "-p", "5432", "-U", user, "-d", dbname]
+            try:
+                code, _ = seed.exec_run(argv)
+            except docker.errors.APIError as exc:  # exited meanwhile (409): the next reload says so
+                raise NotYet(" ".join(str(exc.explanation or exc).split())) from None
+            if code != 0:
+                raise NotYet(f"pg_isready in the cache seed answered {code}")
 
-        # Until the deadline, a refused connection means "not yet"; then it propagates.
-        poll(seed_ready, timeout, first=0.05, cap=0.05, retry_on=(psycopg.OperationalError,))
+        # Until the deadline, "not yet" is retried; then it propagates.
+        try:
+            poll(seed_ready, timeout, first=0.05, cap=0.05)
+        except NotYet as last:
+            raise ServiceExited(f"the cache seed was not ready within {timeout:g}s: {last}") from None
         code, output = seed.exec_run(["rm", "-f", SEED_PASSWORD_FILE])  # read at initdb: no longer needed
         if code != 0:
             raise ServiceExited(

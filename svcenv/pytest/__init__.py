@@ -102,7 +102,9 @@ def env_vars_for(request: pytest.FixtureRequest, env: Environment) -> dict[str, 
             if variables.get("DATABASE_URL") == handle.url:
                 variables.update(DATABASE_URL=url, POSTGRES_URL=url, PGDATABASE=database)
             variables[f"{prefix}_URL"] = url
-        if isinstance(handle.descriptor, Redis) and f"{name}_client" in request.fixturenames:
+        if isinstance(handle.descriptor, Redis) and {f"{name}_client", f"{name}_async_client"} & set(
+            request.fixturenames
+        ):
             url = handle.url_for(redis_db_for_worker(worker(request.config)))  # type: ignore[attr-defined]
             if variables.get("REDIS_URL") == handle.url:
                 variables["REDIS_URL"] = url

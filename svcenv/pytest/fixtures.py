@@ -251,6 +251,9 @@ def _postgres_fixtures(service: Service, given: Setup | Sequence[Setup]) -> dict
                 await conn.close()
 
         made[f"{n}_async_connection"] = async_connection
+    from ._sqlalchemy import sqlalchemy_fixtures  # here: it imports this module
+
+    made.update(sqlalchemy_fixtures(service))
     return made
 
 

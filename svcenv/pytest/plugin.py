@@ -59,6 +59,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini("svcenv_xdist", "under xdist: shared (one environment) or per-worker", default="shared")
     parser.addini("svcenv_compose", "a compose file whose services the session runs (instead of [tool.svcenv])")
     parser.addini("svcenv_compose_profiles", "compose profiles to enable with svcenv_compose", type="linelist")
+    parser.addini(
+        "svcenv_django",
+        "with pytest-django: point the served DATABASES/CACHES at the session's services, migrate once per run",
+        type="bool",
+        default=True,
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -75,6 +81,10 @@ def pytest_configure(config: pytest.Config) -> None:
     if declared:
         # Services declared in [tool.svcenv] get their fixtures (db_service, db_connection, ...).
         config.pluginmanager.register(_Fixtures(fixtures(*declared)), "svcenv-declared-fixtures")
+    if config.pluginmanager.hasplugin("django") and config.getini("svcenv_django"):
+        from . import _django  # imports no Django: only pytest-django's settings check, when a hook runs
+
+        config.pluginmanager.register(_django, "svcenv-django")
 
 
 def _declared(run: Manager) -> list[Service]:
