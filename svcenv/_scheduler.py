@@ -90,7 +90,7 @@ class _Scheduler:
             if self._cancel.is_set():
                 raise _Cancelled
             with self._lock:
-                service = resolve_refs(service, self._handles)
+                service = resolve_refs(service, self._handles, in_network=self._backends[name].name == "docker")
             if self._reuse is not None and self._backends[name].reusable and not service.one_shot:
                 self._reuse_or_start(service, self._reuse)
             elif service.one_shot:  # a job runs again each time and is removed at stop, kept or not

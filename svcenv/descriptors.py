@@ -238,7 +238,8 @@ class Service:
     ) -> Resolved:
         tmpfs = dict.fromkeys(self.tmpfs, "rw")
         files, volumes = read_files(self), dict(self.volumes)
-        image = self.effective_image
+        # A command without image runs as a local process (the local backend); any other backend says so.
+        image = "" if self.kind == "service" and not self.image and self.build is None else self.effective_image
         return Resolved(
             self, image, self.ports, env, command, secrets or {}, tmpfs, self.entrypoint, files, volumes, self.options
         )

@@ -77,14 +77,20 @@ def referenced(service: Service) -> set[str]:
     return names
 
 
-def resolve_refs(service: Service, handles: Mapping[str, ServiceHandle]) -> Service:
-    """``service`` with every reference replaced by the value of the ready handle it names."""
+def resolve_refs(service: Service, handles: Mapping[str, ServiceHandle], *, in_network: bool = True) -> Service:
+    """``service`` with every reference replaced by the value of the ready handle it names.
+
+    ``in_network=False`` (the service does not run on the environment's network, e.g. a local
+    command): ``internal_*`` references get the host addresses, the ones it can reach.
+    """
     if not referenced(service):
         return service
 
     def fill(text: str) -> str:
         def value(match: re.Match[str]) -> str:
             name, attribute = match.groups()
+            if not in_network:
+                attribute = attribute.removeprefix("internal_")
             found = getattr(handles[name], attribute, None)
             if found is None:
                 raise ConfigurationError(

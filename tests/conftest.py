@@ -214,7 +214,7 @@ def fetch_example_wheels(example: Path) -> None:
 
 def run_example(
     example: Path,
-    leaks: LeakCheck,
+    leaks: LeakCheck | None,
     args: Sequence[str] = (),
     env: Mapping[str, str] | None = None,
     *,
@@ -225,11 +225,13 @@ def run_example(
     """Run an example's own suite as a user does (``python -m pytest`` in its directory); its output.
 
     A session of its own: none of this run's ``PYTEST_*`` variables (xdist worker ids, options)
-    leak into it; its containers carry ``leaks``' label. Fails unless it exits 0 with at least
-    ``at_least`` passed and no outcome matching ``forbidden``.
+    leak into it; its containers carry ``leaks``' label (None: a run without an engine). Fails
+    unless it exits 0 with at least ``at_least`` passed and no outcome matching ``forbidden``.
     """
     environ = {key: value for key, value in os.environ.items() if not key.startswith("PYTEST_")}
-    environ.update(env or {}, SVCENV_LABELS=f"svcenv.test={leaks.token}")
+    environ.update(env or {})
+    if leaks is not None:
+        environ["SVCENV_LABELS"] = f"svcenv.test={leaks.token}"
     try:
         proc = subprocess.run(
             [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *args],

@@ -4,17 +4,23 @@ The example's own suite (``cd examples/jobs && python -m pytest tests``) runs in
 subprocess, its images built ``FROM`` the local base image (``JOBS_BASE_IMAGE``)
 and installed offline from wheels that ``fetch_wheels.py`` downloads on the host.
 Its containers carry this test's label (``SVCENV_LABELS``), so ``leaks`` sees
-anything it leaves; ``built_images`` removes the two images it built.
+anything it leaves; ``built_images`` removes the two images it built. Without an
+engine, the same suite runs the API and the worker as local commands.
 """
 
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-from .conftest import LeakCheck, docker, fetch_example_wheels, run_example
+from svcenv.backends.local import tmp_base
+
+from .conftest import LeakCheck, docker, fetch_example_wheels, need, run_example
+from .test_local_backend import alive, processes_mentioning
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "jobs"
 
@@ -69,3 +75,21 @@ def test_the_jobs_compose_file_runs_through_svcenv(leaks: LeakCheck, base_image:
     assert 'result {"upper": "ONE TWO THREE", "words": 3}' in proc.stdout, proc.stdout + proc.stderr
     assert "stopped; nothing left running" in proc.stderr
     assert leaks.leftovers() == []
+
+
+def test_the_jobs_example_runs_as_local_commands_without_an_engine() -> None:
+    """The same suite, with the API and the worker as local commands beside local Postgres and Redis."""
+    if shutil.which("redis-server") is None:
+        need("redis-server is not installed (apt-get install redis-server postgresql-15)")
+    before = set(tmp_base().iterdir())
+    env = {"SVCENV_BACKEND": "local", "DOCKER_HOST": "unix:///nonexistent/svcenv-no-engine.sock"}
+    out = run_example(EXAMPLE, None, ["tests"], env, at_least=5, timeout=300)
+    summary = re.findall(r"environment \w+: (.*)", out)
+    assert summary, out
+    for name in ("postgres", "redis", "api", "worker"):
+        assert re.search(rf"\b{name} [\d.]+s \(local\)", summary[0]), summary
+    # Nothing of it is left: no process of the API or the worker, no private directory.
+    for program in (EXAMPLE / "api" / "app.py", EXAMPLE / "worker" / "worker.py"):
+        assert [pid for pid in processes_mentioning(str(program)) if alive(pid)] == [], program
+    left = [p for p in set(tmp_base().iterdir()) - before if p.name.startswith("svcenv-local-")]
+    assert left == [], left

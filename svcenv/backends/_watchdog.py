@@ -1,6 +1,8 @@
 """Supervisor of one server for the local backend (internal; run as a script, not imported).
 
-``python -I -S _watchdog.py OWNER_FD STOP_SIGNAL GRACE USER WORKDIR -- SERVER_ARGV...``
+``python -I -S _watchdog.py OWNER_FD STOP_SIGNAL GRACE USER WORKDIR [CWD] -- SERVER_ARGV...``
+
+The server runs in ``CWD`` (default ``WORKDIR``).
 
 The owner (the process that runs the tests) starts this script, which forks the
 server, prints the server's pid on stdout and then watches three things:
@@ -141,7 +143,7 @@ def _drain(fd: int) -> bytes:
 def main(args: list[str]) -> int:
     """Run the server and supervise it; returns the exit status to exit with."""
     sep = args.index("--")
-    owner_fd_s, stop_signal_s, grace_s, user, workdir = args[:sep]
+    owner_fd_s, stop_signal_s, grace_s, user, workdir, *where = args[:sep]
     argv = args[sep + 1 :]
     owner_fd, stop_signal, grace = int(owner_fd_s), int(stop_signal_s), float(grace_s)
     owner_pid = os.getppid()
@@ -161,7 +163,7 @@ def main(args: list[str]) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
 
-    pid = _spawn(argv, user, workdir)
+    pid = _spawn(argv, user, where[0] if where else workdir)
     sys.stdout.write(f"{pid}\n")
     sys.stdout.flush()
     pidfd = os.pidfd_open(pid) if hasattr(os, "pidfd_open") else None

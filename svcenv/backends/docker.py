@@ -53,7 +53,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any, cast
 
 from .._util import flag
-from ..errors import BackendUnavailable, ServiceExited
+from ..errors import BackendUnavailable, ConfigurationError, ServiceExited
 from .base import LABEL_ENVIRONMENT, Backend, Instance
 from .docker_container import create_container, put_files, tar_of
 from .docker_host import (
@@ -254,6 +254,14 @@ class DockerBackend(Backend):
             self.check()
         assert self._client is not None
         return self._client
+
+    def supports(self, service: Service) -> str | None:
+        """None if a container can run ``service`` here; else why not (no engine, or no image to run)."""
+        try:
+            _ = service.effective_image
+        except ConfigurationError as exc:  # a command without image is a local process's
+            return f"docker: {exc} (a command without image runs on the local backend)"
+        return super().supports(service)
 
     def check(self) -> None:
         if self._client is not None:

@@ -2,7 +2,7 @@
 
 A job is a row in Postgres (``queued``, then ``done`` or ``failed`` with its result) and
 its id on a Redis list, which the worker pops. Configuration comes from the environment:
-``DATABASE_URL`` and ``REDIS_URL`` (and ``PORT``, default 8000).
+``DATABASE_URL`` and ``REDIS_URL`` (and ``PORT``, default 8000, and ``HOST``, default all interfaces).
 """
 
 from __future__ import annotations
@@ -81,4 +81,6 @@ def create_app(database_url: str, redis_url: str) -> Flask:
 if __name__ == "__main__":
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # PID 1 in a container: stop promptly on `docker stop`
     application = create_app(os.environ["DATABASE_URL"], os.environ["REDIS_URL"])
-    application.run(host="0.0.0.0", port=int(os.environ.get("PORT", "8000")), threaded=True)  # noqa: S104 (in a container)
+    # All interfaces in a container (its network is the environment's); svcenv's local backend says HOST=127.0.0.1.
+    host = os.environ.get("HOST", "0.0.0.0")  # noqa: S104
+    application.run(host=host, port=int(os.environ.get("PORT", "8000")), threaded=True)

@@ -11,10 +11,11 @@ Where the servers come from:
   ``mariadbd``/``mysqld`` on ``PATH`` or in ``/usr/sbin``; see :mod:`.mariadb`.
 * Elasticsearch: only a distribution that ``SVCENV_ELASTICSEARCH_HOME`` (or
   ``ES_HOME``) points at; there is no other way to get one locally.
-* Generic :class:`~svcenv.Service` descriptors name images, which this backend
-  cannot run; :meth:`LocalBackend.create` raises ``BackendUnavailable`` for them,
-  as for a descriptor that sets what only a container has (``build``, ``files``,
-  ``volumes``, ``options``).
+* A generic :class:`~svcenv.Service` with a ``command`` and no image (an application,
+  a worker) runs that command as a supervised process (:mod:`.command`), told its port
+  through ``PORT``. One that names an image, or sets what only a container has
+  (``build``, ``files``, ``volumes``, ``options``, ``entrypoint``, ``labels``), cannot run
+  here: :meth:`LocalBackend.create` raises ``BackendUnavailable``.
 
 Postgres is fast because ``initdb`` runs once per (version, user, dbname,
 options): the result is cached as a template data directory in
@@ -71,6 +72,7 @@ from ...errors import BackendUnavailable
 from ..base import Backend, Instance
 from ._common import INITDB_ARGS, MARKER, TMP_PREFIX, _Missing
 from .accounts import Account, server_account
+from .command import LocalCommand, command_problem
 from .discovery import (
     ElasticsearchInstall,
     PostgresInstall,
@@ -94,6 +96,7 @@ __all__ = [
     "Account",
     "ElasticsearchInstall",
     "LocalBackend",
+    "LocalCommand",
     "LocalElasticsearch",
     "LocalInstance",
     "LocalMySQL",
@@ -174,14 +177,16 @@ class LocalBackend(Backend):
         """None if this backend can run ``service`` (a descriptor or a resolved one); else the reason it cannot."""
         service = service if isinstance(service, Service) else service.service
         kind = service.kind
+        container = [n for n in ("build", "files", "volumes", "options", "entrypoint", "labels") if getattr(service, n)]
+        if container:
+            return f"local: cannot serve {service.name!r}: it sets {', '.join(container)}, which only containers have"
+        if kind == Service.kind:
+            return command_problem(service)
         if kind not in KINDS or not isinstance(service, descriptors.KINDS[kind]):
             return (
                 f"local: cannot run service {service.name!r}: the local backend runs only "
                 f"{', '.join(KINDS)} from local installations, not images"
             )
-        container = [n for n in ("build", "files", "volumes", "options", "entrypoint", "labels") if getattr(service, n)]
-        if container:
-            return f"local: cannot serve {service.name!r}: it sets {', '.join(container)}, which only containers have"
         found = self._locate(kind)
         if isinstance(found, str):
             return f"local: cannot serve {kind}: {found}"
@@ -198,6 +203,8 @@ class LocalBackend(Backend):
         reason = self.supports(resolved)
         if reason:
             raise BackendUnavailable(reason)
+        if resolved.service.kind == Service.kind:
+            return self._run_command(resolved, labels)
         server = _SERVERS[resolved.service.kind]
         install = server.locate()
         account = server.run_account()
@@ -205,6 +212,17 @@ class LocalBackend(Backend):
         try:
             instance = server(resolved, labels, workdir, account, install)
             instance.prepare()
+        except BaseException:
+            shutil.rmtree(workdir, ignore_errors=True)
+            raise
+        with self._lock:
+            self._instances.append(instance)
+        return instance
+
+    def _run_command(self, resolved: Resolved, labels: Mapping[str, str]) -> LocalCommand:
+        workdir = _make_workdir(labels, resolved.name)
+        try:
+            instance = LocalCommand(resolved, labels, workdir, None)
         except BaseException:
             shutil.rmtree(workdir, ignore_errors=True)
             raise

@@ -103,6 +103,15 @@ class LocalInstance(Instance):
         """The server's environment."""
         return dict(os.environ)
 
+    def port_env(self, port: int) -> dict[str, str]:
+        """Variables that tell the server its port (added to :meth:`env`; servers take it in ``argv``)."""
+        return {}
+
+    @property
+    def cwd(self) -> Path | None:
+        """Where the server runs (None: its private directory)."""
+        return None
+
     def await_up(self, port: int, log_offset: int, deadline: float) -> None:
         """Return once the server listens (raise ``_PortTaken`` if it could not bind)."""
 
@@ -146,7 +155,7 @@ class LocalInstance(Instance):
         grace = f"{self.stop_grace:g}"
         fd = _owner_fd()
         command = [sys.executable, "-I", "-S", str(WATCHDOG), str(fd), str(int(self.stop_signal)), grace, user]
-        command += [str(self.workdir), "--", *self.argv(port)]
+        command += [str(self.workdir), *([str(self.cwd)] if self.cwd else []), "--", *self.argv(port)]
         with self._lock:
             if self._stopped:
                 raise ServiceExited("stopped before it started")
@@ -158,7 +167,7 @@ class LocalInstance(Instance):
                     stderr=log_file,
                     pass_fds=(fd,),
                     start_new_session=True,
-                    env=self.env(),
+                    env={**self.env(), **self.port_env(port)},
                 )
             self._proc = proc
             pid = _read_pid(proc)
