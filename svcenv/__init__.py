@@ -14,6 +14,7 @@ Client libraries (psycopg, redis, elasticsearch, docker, testcontainers) are
 imported only when first used.
 """
 
+from ._follow import LogFollower
 from ._version import __version__
 from .container import BuildSpec
 from .descriptors import Elasticsearch, Postgres, Redis, Service
@@ -45,6 +46,7 @@ __all__ = [
     "ElasticsearchHandle",
     "Environment",
     "ImageUnavailable",
+    "LogFollower",
     "MySQL",
     "MySQLHandle",
     "Postgres",

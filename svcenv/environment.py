@@ -13,6 +13,7 @@ from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, overload
 
+from ._follow import LogFollower, LogSink
 from ._scheduler import (
     _Cancelled,
     _check_dependencies,
@@ -119,6 +120,7 @@ class Environment(_Scheduler):
             self.labels[LABEL_KEEP] = "true"
         self._kept: set[str] = set()
         self._outcomes: dict[str, str] = {}
+        self._followers: list[LogFollower] = []
         self._entries: dict[str, Record] = {}
         self._backends: dict[str, Backend] = {}
         self._instances: dict[str, Instance] = {}
@@ -203,6 +205,8 @@ class Environment(_Scheduler):
         self._cancel.set()
         began = time.monotonic()
         deadline = began + self.teardown_timeout
+        for follower in self._followers:  # before the services go: what they said last is copied
+            follower.stop(timeout=min(2.0, self.teardown_timeout / 4))
         problems: list[str] = []
         try:
             problems, interrupted = self._remove_all(deadline)
@@ -221,6 +225,17 @@ class Environment(_Scheduler):
             )
         if interrupted is not None:
             raise interrupted
+
+    def follow_logs(self, service: str | Service, into: LogSink, *, tail: int | None = 0) -> LogFollower:
+        """Copy ``service``'s log into a file, a logger, a text stream or a function, line by line as it
+        is written, until the environment stops (or :meth:`LogFollower.stop`).
+
+        ``tail``: how much of what was written before to copy first (0: nothing, None: all of it).
+        """
+        follower = LogFollower(self[service], into, tail)
+        with self._lock:
+            self._followers.append(follower)
+        return follower
 
     def plan(self) -> dict[str, tuple[str, bool]]:
         """Where each service would run, without starting anything: name -> (backend, outlives its owner).

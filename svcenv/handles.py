@@ -6,7 +6,8 @@ stays light. No ``repr`` here shows a password or a URL that contains one.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
@@ -140,6 +141,11 @@ class ServiceHandle:
     def logs(self, tail: int | None = None) -> str:
         """The service's log (stdout and stderr), or its last ``tail`` lines."""
         return self._instance.logs(tail)
+
+    def follow_logs(self, tail: int | None = None, stop: threading.Event | None = None) -> Iterator[str]:
+        """The service's log line by line as it is written (the last ``tail`` lines first; None: all),
+        until the service exits or ``stop`` is set: ``docker logs --follow``."""
+        return self._instance.follow(tail, stop)
 
     def exit_status(self) -> int | None:
         """``None`` while the service runs, else its exit status."""

@@ -144,6 +144,14 @@ def test_up_detach_status_env_logs_down(project: Project) -> None:
     logs = project.run("logs", "redis")
     assert logs.returncode == 0, logs.stderr
     assert "Ready to accept connections" in logs.stdout
+    # --follow streams until Ctrl-C (the engine's stream: the last line first with --tail 1).
+    follow = project.popen("logs", "redis", "--follow", "--tail", "1")
+    assert follow.stdout is not None
+    assert "Ready to accept connections" in follow.stdout.readline()
+    time.sleep(0.5)
+    assert follow.poll() is None, "logs --follow ended while the service runs"
+    follow.send_signal(signal.SIGINT)
+    assert follow.wait(10) == 0, follow.stderr.read() if follow.stderr else ""
     missing = project.run("logs", "mysql")
     assert missing.returncode == 2
     assert "running: postgres, redis" in missing.stderr

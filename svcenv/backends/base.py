@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import threading
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
@@ -18,6 +19,10 @@ LABEL_KEEP = "svcenv.keep"
 LABEL_REUSE_HASH = "svcenv.reuse-hash"
 LABEL_STATE_DIR = "svcenv.state-dir"
 LABEL_PROJECT = "svcenv.project"
+
+
+FOLLOW_POLL = 0.2
+"""Seconds between reads of a log that is followed by polling."""
 
 
 class Instance(ABC):
@@ -57,6 +62,29 @@ class Instance(ABC):
     @abstractmethod
     def logs(self, tail: int | None = None) -> str:
         """Its output, or the last ``tail`` lines."""
+
+    def follow(self, tail: int | None = None, stop: threading.Event | None = None) -> Iterator[str]:
+        """Its log, line by line as it is written (the last ``tail`` lines first; None: all of it),
+        until it exits or ``stop`` is set. Backends that can stream override this; here the log is
+        read again every :data:`FOLLOW_POLL` seconds."""
+        stop = stop or threading.Event()
+        seen = 0
+        pending = ""
+        first = True
+        while True:
+            done = self.exit_status() is not None  # read before the log: its last lines are in it
+            text = self.logs()
+            new, seen = text[seen:] if len(text) >= seen else text, len(text)
+            if first and tail is not None:
+                new = "".join(new.splitlines(keepends=True)[-tail:]) if tail > 0 else ""
+            first = False
+            *lines, pending = (pending + new).split("\n")
+            yield from lines
+            if done or stop.is_set():
+                if pending:
+                    yield pending
+                return
+            stop.wait(FOLLOW_POLL)
 
     def exec(self, argv: list[str]) -> tuple[int, str]:
         """Run a command inside the service (not every backend can)."""

@@ -48,14 +48,14 @@ import os
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, cast
 
 from .._util import flag
 from ..errors import BackendUnavailable, ConfigurationError, ServiceExited
 from .base import LABEL_ENVIRONMENT, Backend, Instance
-from .docker_container import create_container, put_files, tar_of
+from .docker_container import create_container, follow_container, put_files, tar_of
 from .docker_host import (
     bind_address,
     engine_calls,
@@ -190,6 +190,11 @@ class DockerInstance(Instance):
         except docker.errors.APIError as exc:
             return f"(log unavailable: {exc})"
         return bytes(raw).decode("utf-8", errors="replace")
+
+    def follow(self, tail: int | None = None, stop: threading.Event | None = None) -> Iterator[str]:
+        """The container's log as the engine streams it (``docker logs --follow``)."""
+        with engine_calls(self._engine, f"following the log of container {self.id[:12]}"):
+            yield from follow_container(self._container, tail, stop)
 
     def exec(self, argv: list[str]) -> tuple[int, str]:
         with engine_calls(self._engine, f"running {argv[:1]} in container {self.id[:12]}"):

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import io
 import tarfile
+import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Any, cast
 
@@ -116,3 +117,34 @@ def create_container(
         detach=True,
         **docker_options(resolved.options),
     )
+
+
+def follow_container(container: Container, tail: int | None, stop: threading.Event | None) -> Iterator[str]:
+    """``container``'s log line by line as the engine streams it (the last ``tail`` lines first),
+    until the container exits or ``stop`` is set (the stream is then closed from another thread)."""
+    import docker.errors
+
+    stop = stop or threading.Event()
+    stream = container.logs(stream=True, follow=True, tail=tail if tail is not None else "all")
+    done = threading.Event()
+
+    def close_on_stop() -> None:
+        while not done.wait(0.1):
+            if stop.is_set():
+                stream.close()
+                return
+
+    threading.Thread(target=close_on_stop, name="svcenv-log-closer", daemon=True).start()
+    pending = b""
+    try:
+        for chunk in stream:
+            *lines, pending = (pending + bytes(chunk)).split(b"\n")
+            for line in lines:
+                yield line.decode("utf-8", errors="replace")
+    except (docker.errors.APIError, OSError, ValueError, AttributeError):
+        if not stop.is_set():  # a closed stream ends the way a broken one does
+            raise
+    finally:
+        done.set()  # close_on_stop ends
+    if pending:
+        yield pending.decode("utf-8", errors="replace")

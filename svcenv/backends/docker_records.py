@@ -7,10 +7,12 @@ the backend's one client.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import threading
+from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from .base import LABEL_ENVIRONMENT, Instance
+from .docker_container import follow_container
 
 if TYPE_CHECKING:
     from docker import DockerClient
@@ -82,6 +84,14 @@ class AttachedContainer(Instance):
         if state.get("Status") in ("exited", "dead"):
             return int(state.get("ExitCode", -1))
         return None
+
+    def follow(self, tail: int | None = None, stop: threading.Event | None = None) -> Iterator[str]:
+        """The container's log as the engine streams it (``docker logs --follow``)."""
+        container = self._get()
+        if container is None:
+            yield f"(container {self.id[:12]} is gone: no log)"
+            return
+        yield from follow_container(container, tail, stop)
 
     def logs(self, tail: int | None = None) -> str:
         import docker.errors

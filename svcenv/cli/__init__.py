@@ -7,7 +7,7 @@ Commands (``python -m svcenv COMMAND --help`` for each)::
     status                         recorded environments: services, backend, address, health (probed now)
     env [--format dotenv|json|shell]   the variables of this project's running environment
     run [SERVICE...] -- CMD...     start, run CMD with the variables, tear down, exit with CMD's status
-    logs SERVICE [--tail N]        the log of a running service
+    logs SERVICE [--tail N] [--follow]  the log of a running service
     prune                          remove containers, records and local dirs whose owner is gone
     doctor [SERVICE...]            which backends can run each service here
     cache list|clear               the pre-initialised Postgres images on the engine

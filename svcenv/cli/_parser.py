@@ -96,6 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     logs.add_argument("service", metavar="SERVICE")
     logs.add_argument("--tail", type=int, default=None, help="only the last N lines")
+    logs.add_argument(
+        "--follow", action="store_true", help="keep printing new lines until the service exits (or Ctrl-C)"
+    )
     prune = commands.add_parser(
         "prune",
         parents=[common],

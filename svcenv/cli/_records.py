@@ -121,7 +121,15 @@ def cmd_logs(args: argparse.Namespace) -> int:
     made = get_backend(backend)
     try:
         instance = made.attach({**entry["snapshot"], "log_path": entry.get("log_path")})
-        sys.stdout.write(instance.logs(args.tail or None))
+        if args.follow:
+            try:
+                for line in instance.follow(args.tail):
+                    sys.stdout.write(line + "\n")
+                    sys.stdout.flush()
+            except KeyboardInterrupt:
+                pass  # Ctrl-C ends following, as with docker logs -f
+        else:
+            sys.stdout.write(instance.logs(args.tail or None))
     finally:
         made.close()
     sys.stdout.flush()
