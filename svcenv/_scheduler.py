@@ -76,6 +76,8 @@ class _Scheduler:
     _kept: set[str]
     _outcomes: dict[str, str]
     _entries: dict[str, Record]
+    _joined: dict[str, Callable[[], None]]
+    """Reused services connected to this environment's network -> what disconnects them."""
 
     def _entry(self, name: str, reuse_hash: str | None = None) -> Record:
         raise NotImplementedError  # Environment's
@@ -113,7 +115,11 @@ class _Scheduler:
                 found = reuse.find(service, backend, digest, self._cancel)
                 if found is not None:
                     handle, entry = found
+                    # On this environment's network too, by its name: the services started here reach it.
+                    leave = backend.join(handle._instance, name, self.labels)
                     with self._lock:
+                        if leave is not None:
+                            self._joined[name] = leave
                         self._instances[name] = handle._instance  # stop() leaves an attached service
                         self._handles[name] = handle
                         self._entries[name] = entry
@@ -271,13 +277,17 @@ class _Scheduler:
         interrupted = _wait_shielded(lambda: wait(self._workers, timeout=_left(deadline)), None)
         with self._lock:
             instances = [(n, i) for n, i in self._instances.items() if n not in self._kept]
+            joined, self._joined = self._joined, {}
         stops = {name: DaemonJob(instance.stop, f"svcenv-stop-{name}") for name, instance in instances}
+        # Reused services stay, but leave this environment's network (else it could not go).
+        for name, leave in joined.items():
+            stops[f"{name} (leaving the network)"] = DaemonJob(leave, f"svcenv-leave-{name}")
         interrupted = _wait_shielded(lambda: [job.wait(deadline) for job in stops.values()], interrupted)
         unremoved: dict[Backend, list[str]] = {}
         for name, job in stops.items():
             if not job.done or job.error is not None:
                 why = f"not removed within {self.teardown_timeout:g}s" if not job.done else _said(job.error)
-                unremoved.setdefault(self._backends[name], []).append(f"{name}: {why}")
+                unremoved.setdefault(self._backends[name.split(" ")[0]], []).append(f"{name}: {why}")
         # A sweep by label also catches what was created but never registered, or what stop() left.
         backends = set(self._backends.values())
         sweeps = {b: DaemonJob(functools.partial(self._sweep, b), f"svcenv-sweep-{b.name}") for b in backends}

@@ -8,7 +8,7 @@ import secrets
 import threading
 import time
 import warnings
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, overload
@@ -121,6 +121,7 @@ class Environment(_Scheduler):
         self._kept: set[str] = set()
         self._outcomes: dict[str, str] = {}
         self._followers: list[LogFollower] = []
+        self._joined: dict[str, Callable[[], None]] = {}
         self._entries: dict[str, Record] = {}
         self._backends: dict[str, Backend] = {}
         self._instances: dict[str, Instance] = {}

@@ -253,6 +253,7 @@ class Healthy(Probe):
             raise ProbeFailed(f"HEALTHCHECK status {status!r}; last check: {output}")
 
 
+@dataclass(frozen=True)
 class Completed(Probe):
     """Ready when the service has exited with status 0: a one-shot job (``Service(one_shot=True)``).
 

@@ -100,6 +100,7 @@ def spec_of(service: Service) -> Spec:
             value = dict(value)
         if value is not None:
             spec[f.name] = value
-    if service.build is None:  # a built image is named by its build (and tagged when it is built)
+    # A built image is named by its build (and tagged when it is built); a local command has none.
+    if service.build is None and not (service.kind == "service" and not service.image):
         spec["image"] = service.effective_image
     return spec

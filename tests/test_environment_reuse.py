@@ -16,7 +16,7 @@ import pytest
 from svcenv import ConfigurationError, Environment, Redis, Service, ServiceStartError
 from svcenv.backends import get_backend
 from svcenv.backends.base import LABEL_KEEP, LABEL_REUSE_HASH
-from svcenv.probes import TCP
+from svcenv.probes import TCP, LogLine
 from svcenv.recorded import remove_entry
 from svcenv.reuse import Reuse
 from svcenv.state import StateDir
@@ -192,3 +192,56 @@ def test_local_attach_and_keep_refused_after_start() -> None:
         with pytest.raises(ConfigurationError, match="local backend"):
             env.keep()
     assert env.outcomes == {"redis": "started"}
+
+
+REACH_REDIS = (
+    "import os, socket, time\n"
+    "s = socket.create_connection((os.environ['REDIS_HOST'], int(os.environ['REDIS_PORT'])), timeout=5)\n"
+    "s.sendall(b'AUTH ' + os.environ['REDIS_PASSWORD'].encode() + b'\\r\\nPING\\r\\n')\n"
+    "said = b''\n"
+    "while b'PONG' not in said and len(said) < 200:\n"
+    "    said += s.recv(200)\n"
+    "print('reached redis', flush=True)\n"
+    "time.sleep(3600)\n"
+)
+
+
+def test_a_reused_service_joins_the_network_of_the_environment_that_attaches_it(
+    leaks: LeakCheck, reuse: Reuse, base_image: str
+) -> None:
+    redis = Redis()
+    try:
+        first = Environment(redis, labels=leaks.labels, reuse=reuse).start()
+        container_id, first_port = first["redis"].id, first["redis"].port
+        first.stop()  # the kept container stays on the first environment's network
+
+        app = Service(
+            "app",
+            image=base_image,
+            command=("python3", "-c", REACH_REDIS),
+            env={
+                "REDIS_HOST": redis.internal_host,
+                "REDIS_PORT": redis.internal_port,
+                "REDIS_PASSWORD": redis.ref("password"),
+            },
+            probe=LogLine("reached redis"),
+            timeout=20,
+        )
+        with Environment(redis, app, labels=leaks.labels) as second:  # the app is not reused; redis is
+            pass  # (second only checks that an unreused environment does not attach)
+        ports = docker("inspect", "-f", "{{json .NetworkSettings.Ports}}", container_id)
+        with Environment(redis, app, labels=leaks.labels, reuse=reuse) as third:
+            assert third.outcomes["redis"] == "attached"
+            assert third["redis"].id == container_id
+            assert third["redis"].internal_host == "redis"
+            # The app joined the reused service's network (it reached redis: its probe passed);
+            # redis itself was left alone, its published port unchanged for whoever uses it.
+            app_networks = docker("inspect", "-f", "{{json .NetworkSettings.Networks}}", third["app"].id)
+            assert f"svcenv-{first.id}" in app_networks
+            assert docker("inspect", "-f", "{{json .NetworkSettings.Ports}}", container_id) == ports
+            assert third["redis"].port == first_port
+        assert _running(container_id)
+        assert second.outcomes["redis"] == "started"
+    finally:
+        _remove_recorded(reuse)
+    leaks.assert_clean()

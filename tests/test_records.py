@@ -13,6 +13,7 @@ from svcenv.probes import (
     RECORDABLE,
     TCP,
     Command,
+    Completed,
     ElasticsearchHealth,
     Healthy,
     LogLine,
@@ -33,6 +34,7 @@ SHIPPED = [
     RedisPing(timeout=2.0),
     ElasticsearchHealth("green", timeout=3.0),
     Healthy(),
+    Completed(),
     TCP() & HTTP("/") & LogLine("up"),
 ]
 
@@ -68,3 +70,13 @@ def test_a_probe_svcenv_does_not_ship_is_refused_clearly() -> None:
         spec_of(Service("web", image="nginx:1", ports=(80,), probe=Custom()))
     with pytest.raises(ConfigurationError, match="unknown probe record"):
         from_record({"probe": "Custom"})
+
+
+def test_jobs_entrypoints_labels_and_local_commands_round_trip_through_a_spec() -> None:
+    job = Service("migrate", image="app:1", entrypoint=("/bin/sh", "-c"), command=("migrate",), one_shot=True)
+    labelled = Service("api", image="app:1", labels={"team": "payments"})
+    local = Service("worker", command=("python3", "worker.py"), ports=(8000,))
+    for service in (job, labelled, local):
+        rebuilt = build_service(json.loads(json.dumps(spec_of(service))))
+        assert rebuilt == service
+    assert "image" not in spec_of(local)

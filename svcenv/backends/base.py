@@ -238,6 +238,12 @@ class Backend(ABC):
         """Remove svcenv's services that carry ``only`` unless ``keep_alive(labels)``; return how many."""
         return 0
 
+    def join(self, instance: Instance, name: str, labels: Mapping[str, str]) -> Callable[[], None] | None:
+        """Make an attached ``instance`` (a reused service another environment started) reachable by
+        ``name`` from the environment ``labels`` name, as its own services are; return what undoes
+        that (None: nothing to do on this backend, whose services reach each other anyway)."""
+        return None
+
     def disown(self) -> None:
         """Let the services outlive this process (disarm crash cleanup); ``stop()`` still removes them."""
 

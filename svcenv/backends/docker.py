@@ -220,6 +220,9 @@ class DockerBackend(Backend):
         self._reaper: subprocess.Popen[bytes] | None = None
         self._reaper_lock = threading.Lock()  # services are created from several threads at once
         self._shared = Shared()
+        self._lock = threading.Lock()
+        self._reached: dict[str, set[str]] = {}
+        """Environment id -> networks of the reused services it attached (its new containers join them)."""
 
     def _arm_reaper(self, env_id: str) -> None:
         """Start the process that removes this environment's containers if this process dies."""
@@ -349,6 +352,15 @@ class DockerBackend(Backend):
             # An image removed since the check is an ImageNotFound here, whatever SVCENV_PULL says.
             with vanished(resolved.image):
                 created = create_container(client, resolved, labels, bind, env_id, network)
+            with self._lock:
+                reached = sorted(self._reached.get(env_id, ()))
+            for other in reached:  # the networks of the reused services it may refer to
+                try:
+                    client.api.connect_container_to_network(str(created.id), other)
+                except BaseException:
+                    with contextlib.suppress(Exception):
+                        created.remove(force=True, v=True)
+                    raise
             if resolved.files:
                 try:
                     put_files(created, resolved.files)
@@ -389,6 +401,27 @@ class DockerBackend(Backend):
         from .docker_records import AttachedContainer
 
         return AttachedContainer(lambda: self.client, snapshot)
+
+    def join(self, instance: Instance, name: str, labels: Mapping[str, str]) -> Callable[[], None] | None:
+        """Let the containers this environment creates from now on reach the reused container by ``name``:
+        they also join the network it is on (connecting *it* to ours would make the engine publish its
+        ports anew, on other host ports, under the feet of whoever uses them). Returns what undoes that."""
+        from .docker_records import AttachedContainer
+
+        if not isinstance(instance, AttachedContainer):
+            return None
+        env_id = labels.get(LABEL_ENVIRONMENT, "x")
+        with engine_calls(self._engine, f"inspecting container {instance.id[:12]}"):
+            networks = instance.networks()
+        with self._lock:
+            self._reached.setdefault(env_id, set()).update(networks)
+        instance.joined_as = name
+
+        def leave() -> None:
+            with self._lock:
+                self._reached.pop(env_id, None)
+
+        return leave
 
     def remove_labelled(self, labels: Mapping[str, str]) -> int:
         from .docker_records import remove_labelled

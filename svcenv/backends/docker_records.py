@@ -33,6 +33,24 @@ class AttachedContainer(Instance):
         self.host = str(snapshot.get("host") or "127.0.0.1")
         self.ports = {int(k): int(v) for k, v in (snapshot.get("ports") or {}).items()}
         self.credentials = dict(snapshot.get("credentials") or {})
+        self.joined_as: str | None = None
+        """The name the attaching environment's containers reach it by (see ``DockerBackend.join``)."""
+
+    def networks(self) -> list[str]:
+        """The svcenv networks the container is on (where its service name resolves)."""
+        container = self._get()
+        if container is None:
+            return []
+        names = (container.attrs.get("NetworkSettings") or {}).get("Networks") or {}
+        return sorted(name for name in names if name.startswith("svcenv-"))
+
+    @property
+    def internal_host(self) -> str:
+        return self.joined_as or self.host
+
+    @property
+    def internal_ports(self) -> Mapping[int, int]:
+        return {port: port for port in self.ports} if self.joined_as else self.ports
 
     def _get(self) -> Any:
         """The container, or None if the engine does not know it."""
@@ -56,7 +74,7 @@ class AttachedContainer(Instance):
         container = self._get()
         if container is None:
             return
-        env_id = (container.labels or {}).get(LABEL_ENVIRONMENT)
+        envs = environments_of(container)
         try:
             container.remove(force=True, v=True)
         except docker.errors.NotFound:
@@ -64,10 +82,10 @@ class AttachedContainer(Instance):
         except docker.errors.APIError as exc:
             if exc.status_code != 409:  # 409: another path is removing it already
                 raise
-        if env_id:
-            from .docker_network import remove_unused
+        from .docker_network import remove_unused
 
-            remove_unused(self._client(), {LABEL_ENVIRONMENT: env_id})  # unless its other containers use them
+        for env_id in sorted(envs):
+            remove_unused(self._client(), {LABEL_ENVIRONMENT: env_id})  # unless other containers use them
 
     def state(self) -> tuple[str, dict[str, str]]:
         """(status, labels) as the engine says now; status ``missing`` if there is no such container."""
@@ -106,6 +124,15 @@ class AttachedContainer(Instance):
         return bytes(raw).decode("utf-8", errors="replace")
 
 
+def environments_of(container: Any) -> set[str]:
+    """The environments whose networks ``container`` is on: its own (its label), and those of the reused
+    services it was connected to (``DockerBackend.join``); their networks may go once it is gone."""
+    own = (container.labels or {}).get(LABEL_ENVIRONMENT)
+    networks = (container.attrs.get("NetworkSettings") or {}).get("Networks") or {}
+    joined = {name.removeprefix("svcenv-") for name in networks if name.startswith("svcenv-")}
+    return ({own} if own else set()) | joined
+
+
 def remove_labelled(client: DockerClient, labels: Mapping[str, str]) -> int:
     """Remove the containers carrying every one of ``labels`` with their volumes, then the networks
     and named volumes of their environments that nothing uses any more; return how many containers."""
@@ -113,10 +140,9 @@ def remove_labelled(client: DockerClient, labels: Mapping[str, str]) -> int:
     from .docker_network import remove_unused
 
     filters: dict[str, str | list[str] | bool] = {"label": [f"{k}={v}" for k, v in labels.items()]}
-    envs = {
-        (c.labels or {}).get(LABEL_ENVIRONMENT)
-        for c in client.containers.list(all=True, filters=filters, ignore_removed=True)
-    }
+    envs = set()
+    for container in client.containers.list(all=True, filters=filters, ignore_removed=True):
+        envs |= environments_of(container)
     removed = remove(client, labels)
     for env_id in {*envs, labels.get(LABEL_ENVIRONMENT)} - {None}:
         remove_unused(client, {LABEL_ENVIRONMENT: str(env_id)})
