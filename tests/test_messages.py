@@ -8,6 +8,7 @@ so that :class:`~tests.conftest.LeakCheck` sees anything left behind.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -165,8 +166,15 @@ def test_doctor_without_names_lists_every_known_kind(tmp_path: Path, docker_engi
     result = subprocess.run(
         [sys.executable, "-m", "svcenv", "doctor"], cwd=bare, env=env, capture_output=True, text=True, timeout=60
     )
-    listed = sorted(line.split(":", 1)[0] for line in result.stdout.splitlines() if not line.startswith(" "))
+    lines = result.stdout.splitlines()
+    listed = sorted(line.split(":", 1)[0] for line in lines if not line.startswith((" ", "#")))
     assert listed == kinds, result.stdout + result.stderr
+    # First what the engine is: its version, the API version svcenv negotiated, where ports publish.
+    assert re.search(
+        r"^# docker: engine .*: docker \S+, API 1\.\d+ \(minimum .*negotiated 1\.\d+\)$", result.stdout, re.M
+    )
+    assert "ports publish on 127.0.0.1" in result.stdout
+    assert re.search(r"^# docker: vm\.max_map_count \d+", result.stdout, re.M), result.stdout
 
 
 # -- 3. a setting the server rejects: "exited", with its log, not "409 ... exec Conflict" ---------------

@@ -222,6 +222,10 @@ class Backend(ABC):
         """
         raise NotImplementedError(f"the {self.name} backend cannot attach to services another process started")
 
+    def describe(self) -> list[str]:
+        """Lines that say what this backend runs on (for ``doctor``): the engine, its version, ..."""
+        return []
+
     def capabilities(self) -> dict[str, str]:
         """Kind -> what would run it here, or why not (for ``doctor``); empty if the backend does not say."""
         return {}

@@ -311,6 +311,34 @@ class DockerBackend(Backend):
         assert self._host is not None
         return self._host
 
+    def describe(self) -> list[str]:
+        """The engine: where, which version and API version (negotiated), remote or not, its memory;
+        and what Elasticsearch needs of its host (``vm.max_map_count``)."""
+        try:
+            self.check()
+        except BackendUnavailable as exc:
+            return [str(exc)]
+        with engine_calls(self._engine, "asking the engine for its version"):
+            version, info = self.client.version(), self.client.info()
+        where = f" (remote, at {self._remote})" if self._remote else ""
+        product = "podman" if "podman" in str(version.get("Components", "")).lower() else "docker"
+        lines = [
+            f"engine {self._engine}{where}: {product} {version.get('Version')}, API {version.get('ApiVersion')} "
+            f"(minimum {version.get('MinAPIVersion')}; svcenv's client negotiated {self.client.api.api_version})",
+            f"engine memory {int(info.get('MemTotal') or 0) / 2**30:.1f} GiB, {info.get('NCPU')} CPUs, "
+            f"{info.get('OperatingSystem')}; ports publish on {self.bind_address}",
+        ]
+        if self._remote:
+            lines.append("vm.max_map_count: on the engine's host (Elasticsearch needs >= 262144: sysctl it there)")
+        else:
+            try:
+                count = int(open("/proc/sys/vm/max_map_count").read())  # noqa: SIM115
+            except (OSError, ValueError):
+                count = 0
+            verdict = "ok" if count >= 262144 else "too low for Elasticsearch: sysctl -w vm.max_map_count=262144"
+            lines.append(f"vm.max_map_count {count or 'unknown'}: {verdict}")
+        return lines
+
     @property
     def remote(self) -> str | None:
         """The engine's host if the engine is remote (from its URL), else None."""

@@ -39,7 +39,11 @@ def cmd_cache(args: argparse.Namespace) -> int:
 def _backend_details(name: str, backend: Backend, service: Service) -> str:
     """What a backend would use for ``service``: the image, the binaries, or the URL."""
     if name == "docker":
-        return f"image {service.effective_image}"
+        details = f"image {service.effective_image}"
+        heap = getattr(service, "heap", None)
+        if service.kind == "elasticsearch" and isinstance(heap, str):
+            details += f"; needs about twice its heap ({heap}) of container memory"
+        return details
     if name == "local":
         return backend.capabilities().get(service.kind, "")
     from ..backends.external import configured_url, redact
@@ -60,6 +64,9 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     backends = {name: get_backend(name) for name in AUTO_ORDER}
     unserved = []
     try:
+        for name, backend in backends.items():
+            for line in backend.describe():
+                print(f"# {name}: {line}")
         for service in services:
             verdicts = {name: backend.supports(service) for name, backend in backends.items()}
             missing = {name: backends[name].image_problem(service) for name in AUTO_ORDER if verdicts[name] is None}
