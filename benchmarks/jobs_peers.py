@@ -16,8 +16,9 @@ Each round starts the same four services from the same images, in the same order
     ``docker run -d`` of each with the same environment, the same readiness checks
     polled every 10 ms from here (psycopg, redis-py, urllib, ``docker logs``).
 
-*Cold* rounds start without the two built images (both tools build them, the engine's
-layer cache for the base image is warm); *warm* rounds start with them (svcenv finds its
+*Cold* rounds start without the two built images, either tool's (both tools build them
+from the base image, which is on the engine; the layers of an earlier build are removed
+with its image, so neither reuses the other's); *warm* rounds start with them (svcenv finds its
 image by the context's hash; ``docker run`` simply reuses its tag). Teardown is timed
 apart. Medians, and the ratio svcenv / docker-run from the same run, are printed and
 written as JSON. The script exits 1 if either left a container, network or image behind.
@@ -164,11 +165,16 @@ def main() -> int:
     teardowns: dict[str, list[float]] = {"svcenv": [], "docker-run": []}
     by_hand = DockerRun(base, token)
 
+    def drop_built() -> None:
+        """Neither tool's images (nor their layers, which the other's build would reuse) stay."""
+        by_hand.drop_images()
+        images = _svcenv_images()
+        if images:
+            subprocess.run(["docker", "rmi", *images], capture_output=True, check=False)
+
     def svcenv_round(cold: bool) -> tuple[float, float]:
         if cold:
-            images = _svcenv_images()
-            if images:
-                subprocess.run(["docker", "rmi", *images], capture_output=True, check=False)
+            drop_built()
         began = time.monotonic()
         env = Environment(*services(base), labels={"svcenv.test": token}).start()
         ready = time.monotonic() - began
@@ -178,7 +184,7 @@ def main() -> int:
 
     def docker_round(cold: bool) -> tuple[float, float]:
         if cold:
-            by_hand.drop_images()
+            drop_built()
         began = time.monotonic()
         try:
             by_hand.start()

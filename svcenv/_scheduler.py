@@ -85,6 +85,8 @@ class _Scheduler:
     def _start_one(self, service: Service) -> None:
         name = service.name
         try:
+            if needs(service):  # what does not depend on them (its image build) runs while they start
+                self._backends[name].prepare(service, self.labels)
             for dep in needs(service):
                 while not self._ready[dep].wait(0.05):
                     if self._cancel.is_set() or dep in self._failed:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import os
 import re
 import threading
@@ -46,6 +47,33 @@ def in_ci() -> bool:
 def env_prefix(name: str) -> str:
     """``"postgres-replica"`` -> ``"POSTGRES_REPLICA"``: the prefix of a service's variables."""
     return re.sub(r"[^A-Za-z0-9]", "_", name).upper()
+
+
+@functools.cache
+def owner_identity() -> str:
+    """Which machine boot and pid namespace this process runs in: ``<boot id>/<pid namespace inode>``.
+
+    A pid means something only where this is the same; ``prune`` judges only such owners.
+    """
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        boot = "unknown"
+    try:
+        namespace = str(os.stat("/proc/self/ns/pid").st_ino)
+    except OSError:
+        namespace = "unknown"
+    return f"{boot}/{namespace}"
+
+
+def process_start(pid: int) -> str | None:
+    """The kernel's start time of ``pid`` (tells it from a later process with the same pid)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rfind(")") + 2 :].split()
+    return None if fields[0] in ("Z", "X") else fields[19]
 
 
 def pid_alive(pid: int) -> bool:

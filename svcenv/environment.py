@@ -23,11 +23,14 @@ from ._scheduler import (
     _Scheduler,
 )
 from ._timing import ServiceTiming
+from ._util import owner_identity, process_start
 from ._version import __version__
 from .backends.base import (
     LABEL_ENVIRONMENT,
     LABEL_KEEP,
+    LABEL_OWNER_HOST,
     LABEL_OWNER_PID,
+    LABEL_OWNER_START,
     LABEL_VERSION,
     Backend,
     Instance,
@@ -108,6 +111,8 @@ class Environment(_Scheduler):
             **(labels or {}),
             LABEL_ENVIRONMENT: self.id,
             LABEL_OWNER_PID: str(os.getpid()),
+            LABEL_OWNER_HOST: owner_identity(),
+            LABEL_OWNER_START: process_start(os.getpid()) or "",
             LABEL_VERSION: __version__,
         }
         if reuse is True:

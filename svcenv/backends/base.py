@@ -12,6 +12,10 @@ if TYPE_CHECKING:
 
 LABEL_ENVIRONMENT = "svcenv.environment"
 LABEL_OWNER_PID = "svcenv.owner-pid"
+LABEL_OWNER_HOST = "svcenv.owner-host"
+"""``<boot id>/<pid namespace inode>`` of the owner: where its pid means something (see ``owner_identity``)."""
+LABEL_OWNER_START = "svcenv.owner-start"
+"""The owner's start time (kernel ticks): a later process with the same pid is not the owner."""
 LABEL_VERSION = "svcenv.version"
 LABEL_SERVICE = "svcenv.service"
 LABEL_KEEP = "svcenv.keep"
@@ -221,6 +225,10 @@ class Backend(ABC):
         the engine (or the process) now.
         """
         raise NotImplementedError(f"the {self.name} backend cannot attach to services another process started")
+
+    def prepare(self, service: Service, labels: Mapping[str, str]) -> None:
+        """Do what ``service``'s start needs and does not depend on other services (Docker: build its
+        image), while the services it waits for start. Errors surface again in :meth:`create`."""
 
     def describe(self) -> list[str]:
         """Lines that say what this backend runs on (for ``doctor``): the engine, its version, ..."""

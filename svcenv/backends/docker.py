@@ -223,6 +223,8 @@ class DockerBackend(Backend):
         self._lock = threading.Lock()
         self._reached: dict[str, set[str]] = {}
         """Environment id -> networks of the reused services it attached (its new containers join them)."""
+        self._build_failures: dict[str, Exception] = {}
+        """Service name -> why :meth:`prepare` could not build its image (raised again by create)."""
 
     def _arm_reaper(self, env_id: str) -> None:
         """Start the process that removes this environment's containers if this process dies."""
@@ -402,11 +404,28 @@ class DockerBackend(Backend):
         release = lambda: self._shared.release(client, env_id)  # noqa: E731
         return DockerInstance(created, self.host, resolved.ports, post_start, resolved.name, release, self._engine)
 
+    def prepare(self, service: Service, labels: Mapping[str, str]) -> None:
+        """Build ``service``'s image now (a service that waits for others is built meanwhile)."""
+        if service.build is None:
+            return
+        from .docker_build import ensure_built
+
+        self.check()
+        try:
+            ensure_built(self.client, service, labels)
+        except Exception as exc:  # create() reports it, in its place in the start
+            with self._lock:
+                self._build_failures[service.name] = exc
+
     def _image_for(self, resolved: Resolved, labels: Mapping[str, str]) -> Resolved:
         """``resolved`` with the image to create: built now (``build=``), else checked or pulled."""
         if resolved.service.build is not None:
             from .docker_build import ensure_built
 
+            with self._lock:
+                failed = self._build_failures.pop(resolved.name, None)
+            if failed is not None:
+                raise failed
             return replace(resolved, image=ensure_built(self.client, resolved.service, labels))
         resolved = replace(resolved, image=hub_image(resolved.image))
         ensure_image(self.client, resolved)

@@ -33,7 +33,9 @@ from ..errors import BuildFailed, ConfigurationError, ServiceFailure
 from .base import (
     LABEL_ENVIRONMENT,
     LABEL_KEEP,
+    LABEL_OWNER_HOST,
     LABEL_OWNER_PID,
+    LABEL_OWNER_START,
     LABEL_PROJECT,
     LABEL_REUSE_HASH,
     LABEL_SERVICE,
@@ -121,7 +123,7 @@ def _have(client: DockerClient, tag: str, digest: str) -> bool:
 
 _ENVIRONMENT_LABELS = frozenset(
     (LABEL_ENVIRONMENT, LABEL_OWNER_PID, LABEL_SERVICE, LABEL_KEEP, LABEL_REUSE_HASH, LABEL_STATE_DIR, LABEL_PROJECT)
-)
+) | frozenset((LABEL_OWNER_HOST, LABEL_OWNER_START))
 
 
 def ensure_built(client: DockerClient, service: Service, labels: Mapping[str, str] | None = None) -> str:

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, cast
 from .._paths import cache_dir
 from .._util import NotYet, file_lock, flag, poll
 from ..errors import ServiceExited
-from .base import LABEL_ENVIRONMENT, LABEL_OWNER_PID, LABEL_VERSION
+from .base import LABEL_ENVIRONMENT, LABEL_OWNER_HOST, LABEL_OWNER_PID, LABEL_OWNER_START, LABEL_VERSION
 
 if TYPE_CHECKING:
     from docker import DockerClient
@@ -131,7 +131,8 @@ def _build(client: DockerClient, resolved: Resolved, key: str, labels: Mapping[s
     # `docker commit` merges the seed's labels into the image, and every container of the image
     # inherits them: only the labels that let a crashed owner's reaper find the seed go on it,
     # never svcenv.keep, a state dir or the builder's own SVCENV_LABELS.
-    seed_labels = {k: labels[k] for k in (LABEL_ENVIRONMENT, LABEL_OWNER_PID, LABEL_VERSION) if k in labels}
+    owner = (LABEL_ENVIRONMENT, LABEL_OWNER_PID, LABEL_OWNER_HOST, LABEL_OWNER_START, LABEL_VERSION)
+    seed_labels = {k: labels[k] for k in owner if k in labels}
     seed = client.containers.create(
         resolved.image,
         environment=seed_env,

@@ -113,6 +113,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="only containers that carry this label (repeatable)",
     )
+    prune.add_argument(
+        "--force",
+        action="store_true",
+        help="also remove kept services and those of owners svcenv cannot judge from here "
+        "(another machine, pid or mount namespace)",
+    )
     doctor = commands.add_parser(
         "doctor",
         parents=[common],

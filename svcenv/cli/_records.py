@@ -10,7 +10,7 @@ import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from .._util import pid_alive
+from .._util import owner_identity, pid_alive, process_start
 from ..config import ProjectConfig
 from ..errors import SvcenvError
 from ..state import Record, StateDir, entries_of, project_key
@@ -215,7 +215,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
                     records += 1
         only = dict(label.partition("=")[::2] for label in args.label)
         try:
-            containers += backends("docker").prune(only=only, keep_alive=_still_wanted())
+            containers += backends("docker").prune(only=only, keep_alive=_still_wanted(args.force))
         except PruneIncomplete as incomplete:
             containers += incomplete.removed
             failures += incomplete.failures
@@ -231,9 +231,22 @@ def cmd_prune(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _still_wanted() -> Callable[[Mapping[str, str]], bool]:
-    """Whether a container must survive ``prune``: its owner lives, or it is kept and still recorded."""
-    from ..backends.base import LABEL_ENVIRONMENT, LABEL_KEEP, LABEL_OWNER_PID, LABEL_STATE_DIR
+def _still_wanted(force: bool = False) -> Callable[[Mapping[str, str]], bool]:
+    """Whether a container must survive ``prune``: its owner lives, or it is kept and still recorded.
+
+    An owner is judged only from the machine boot and pid namespace it ran in (its
+    ``svcenv.owner-host`` label): from anywhere else its pid means nothing, and its
+    containers are spared unless ``force``. So is a kept one whose state dir this process
+    cannot see (another mount namespace or machine).
+    """
+    from ..backends.base import (
+        LABEL_ENVIRONMENT,
+        LABEL_KEEP,
+        LABEL_OWNER_HOST,
+        LABEL_OWNER_PID,
+        LABEL_OWNER_START,
+        LABEL_STATE_DIR,
+    )
 
     references: dict[str, set[str] | None] = {}
 
@@ -241,17 +254,22 @@ def _still_wanted() -> Callable[[Mapping[str, str]], bool]:
         if directory not in references:
             path = Path(directory)
             try:
-                references[directory] = StateDir(path, create=False).referenced_env_ids() if path.is_dir() else set()
+                # Not there: another mount namespace's or machine's, which this process cannot judge.
+                references[directory] = StateDir(path, create=False).referenced_env_ids() if path.is_dir() else None
             except OSError:
                 references[directory] = None  # unreadable: assume it still records it
         refs = references[directory]
         return refs is None or env_id in refs
 
     def keep_alive(labels: Mapping[str, str]) -> bool:
+        where = labels.get(LABEL_OWNER_HOST)
+        if where and where != owner_identity():
+            return not force  # an owner elsewhere: its pid says nothing here
         owner = labels.get(LABEL_OWNER_PID, "")
-        if owner.isdigit() and pid_alive(int(owner)):
+        started = labels.get(LABEL_OWNER_START)
+        if owner.isdigit() and pid_alive(int(owner)) and (not started or process_start(int(owner)) == started):
             return True
         kept = labels.get(LABEL_KEEP) == "true"
-        return kept and recorded(labels.get(LABEL_STATE_DIR, ""), labels.get(LABEL_ENVIRONMENT, ""))
+        return kept and not force and recorded(labels.get(LABEL_STATE_DIR, ""), labels.get(LABEL_ENVIRONMENT, ""))
 
     return keep_alive
