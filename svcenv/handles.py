@@ -32,6 +32,8 @@ class ServiceHandle:
     def __init__(self, resolved: Resolved, instance: Instance) -> None:
         self._resolved = resolved
         self._instance = instance
+        self._scans: dict[str, tuple[object | None, int, str]] = {}
+        self._scan_lock = threading.Lock()
 
     # -- identity and address ----------------------------------------------------------------
 
@@ -141,6 +143,19 @@ class ServiceHandle:
     def logs(self, tail: int | None = None) -> str:
         """The service's log (stdout and stderr), or its last ``tail`` lines."""
         return self._instance.logs(tail)
+
+    def log_matches(self, pattern: str) -> int:
+        """How often the regex ``pattern`` matched the log so far, reading only what is new since the
+        last call (a probe polls this: a long log is not read again at every attempt)."""
+        import re
+
+        with self._scan_lock:
+            cursor, count, carry = self._scans.get(pattern, (None, 0, ""))
+            new, cursor = self._instance.log_since(cursor)
+            complete, newline, carry = (carry + new).rpartition("\n")
+            count += len(re.findall(pattern, complete + newline))
+            self._scans[pattern] = (cursor, count, carry)
+            return count + len(re.findall(pattern, carry))  # a last line without its newline yet
 
     def follow_logs(self, tail: int | None = None, stop: threading.Event | None = None) -> Iterator[str]:
         """The service's log line by line as it is written (the last ``tail`` lines first; None: all),

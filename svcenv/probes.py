@@ -12,7 +12,6 @@ a client can use the service, not merely that a port is open.
 from __future__ import annotations
 
 import dataclasses
-import re
 import socket
 import threading
 import time
@@ -151,7 +150,7 @@ class LogLine(Probe):
     times: int = 1
 
     def check(self, service: ServiceHandle) -> None:
-        found = len(re.findall(self.pattern, service.logs()))
+        found = service.log_matches(self.pattern)
         if found < self.times:
             raise ProbeFailed(f"log line /{self.pattern}/ seen {found} of {self.times} times")
 

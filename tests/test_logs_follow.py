@@ -128,3 +128,19 @@ def test_an_unknown_sink_is_a_configuration_error(tmp_path: Path) -> None:
         message = r"follow_logs\('talker', into=...\): give a path"
         with pytest.raises(ConfigurationError, match=message):
             env.follow_logs("talker", 42)  # type: ignore[arg-type]
+
+
+def test_loglines_are_read_incrementally(backend: tuple[str, str | None, dict[str, str]], tmp_path: Path) -> None:
+    """A LogLine probe reads only what is new at each attempt (issue #18, row 11: it read the whole log)."""
+    name, image, labels = backend
+    with Environment(_talker(name, image, tmp_path), backend=name, labels=labels) as env:
+        handle = env["talker"]
+        instance = handle._instance
+        assert wait_for(lambda: "line 4" in handle.logs(), 10)
+        text, cursor = instance.log_since(None)
+        assert text.splitlines() == ["talker: ready", *(f"line {i}" for i in range(5))]
+        again, same = instance.log_since(cursor)
+        assert again == ""  # nothing new: nothing read again
+        assert same == cursor
+        assert handle.log_matches(r"line \d") == 5
+        assert handle.log_matches(r"line \d") == 5  # counted once, not once per call

@@ -67,6 +67,15 @@ class Instance(ABC):
     def logs(self, tail: int | None = None) -> str:
         """Its output, or the last ``tail`` lines."""
 
+    def log_since(self, cursor: object | None) -> tuple[str, object]:
+        """What the log gained since ``cursor`` (None: from the start), and the cursor for the next call.
+
+        Backends that can read a log from a point override this; here it is read whole.
+        """
+        text = self.logs()
+        start = cursor if isinstance(cursor, int) and 0 <= cursor <= len(text) else 0
+        return text[start:], len(text)
+
     def follow(self, tail: int | None = None, stop: threading.Event | None = None) -> Iterator[str]:
         """Its log, line by line as it is written (the last ``tail`` lines first; None: all of it),
         until it exits or ``stop`` is set. Backends that can stream override this; here the log is

@@ -55,7 +55,7 @@ from typing import TYPE_CHECKING, Any, cast
 from .._util import flag
 from ..errors import BackendUnavailable, ConfigurationError, ServiceExited
 from .base import LABEL_ENVIRONMENT, Backend, Instance
-from .docker_container import create_container, follow_container, put_files, tar_of
+from .docker_container import create_container, follow_container, log_since, put_files, tar_of
 from .docker_host import (
     bind_address,
     engine_calls,
@@ -190,6 +190,11 @@ class DockerInstance(Instance):
         except docker.errors.APIError as exc:
             return f"(log unavailable: {exc})"
         return bytes(raw).decode("utf-8", errors="replace")
+
+    def log_since(self, cursor: object | None) -> tuple[str, object]:
+        """The lines the container wrote after ``cursor`` (its last line's timestamp), asked from then on."""
+        with engine_calls(self._engine, f"reading the log of container {self.id[:12]}"):
+            return log_since(self._container, cursor)
 
     def follow(self, tail: int | None = None, stop: threading.Event | None = None) -> Iterator[str]:
         """The container's log as the engine streams it (``docker logs --follow``)."""

@@ -148,3 +148,38 @@ def follow_container(container: Container, tail: int | None, stop: threading.Eve
         done.set()  # close_on_stop ends
     if pending:
         yield pending.decode("utf-8", errors="replace")
+
+
+def _stamp(stamp: str) -> tuple[int, int]:
+    """An engine log timestamp (RFC 3339, nanoseconds, trailing zeros trimmed) as (seconds, nanoseconds)."""
+    import calendar
+
+    base, _, fraction = stamp.rstrip("Z").partition(".")
+    seconds = calendar.timegm(time.strptime(base[:19], "%Y-%m-%dT%H:%M:%S"))
+    return seconds, int((fraction + "000000000")[:9])
+
+
+def log_since(container: Container, cursor: object | None) -> tuple[str, object]:
+    """What ``container`` logged after the line stamped ``cursor`` (None: from the start), and the stamp
+    of its last line: the engine is asked from that moment on, so a long log is not read again."""
+    last = cursor if isinstance(cursor, tuple) else None
+    since = {"since": last[0] + last[1] / 1e9 - 1e-6} if last else {}
+    raw = bytes(container.logs(timestamps=True, **since)).decode("utf-8", errors="replace")
+    out: list[str] = []
+    overlap = last is not None
+    stamp = ""
+    for line in raw.splitlines(keepends=True):
+        stamp, _, text = line.partition(" ")
+        if overlap:  # the lines up to the cursor's come again: the engine's since is inclusive
+            try:
+                if _stamp(stamp) <= last:  # type: ignore[operator]
+                    continue
+            except ValueError:
+                pass
+            overlap = False
+        out.append(text)
+    try:
+        following = _stamp(stamp) if stamp else last
+    except ValueError:
+        following = last
+    return "".join(out), following

@@ -231,6 +231,17 @@ class LocalInstance(Instance):
             return text
         return "".join(text.splitlines(keepends=True)[-tail:]) if tail > 0 else ""
 
+    def log_since(self, cursor: object | None) -> tuple[str, object]:
+        """The log file from byte ``cursor`` on (never the whole file again)."""
+        offset = cursor if isinstance(cursor, int) else 0
+        try:
+            with self.log_path.open("rb") as handle:
+                handle.seek(offset)
+                data = handle.read()
+        except OSError:
+            return "", offset
+        return data.decode("utf-8", errors="replace"), offset + len(data)
+
     def _read_log(self, offset: int) -> str:
         try:
             with self.log_path.open("rb") as handle:
