@@ -403,3 +403,41 @@ def test_plugin_fixtures_recycle(pytester: pytest.Pytester, docker_engine: None)
     pytester.makepyfile(test_recycled=PLUGIN_TESTS)
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no:randomly", timeout=300)
     result.assert_outcomes(passed=6)
+
+
+OIDS = """
+import os
+import pytest
+
+@pytest.mark.parametrize("n", range(6))
+def test_writes_rows(postgres_connection, n):
+    oid = postgres_connection.execute("SELECT oid FROM pg_database WHERE datname = current_database()").fetchone()
+    with open(os.environ["OIDS_FILE"], "a") as out:
+        out.write(f"{oid[0]}\\n")
+    postgres_connection.execute("INSERT INTO items (name) VALUES ('mine')")
+    postgres_connection.commit()
+"""
+
+
+@pytest.mark.parametrize("reset", ["true", "false"])
+def test_the_ini_key_turns_recycling_off(
+    pytester: pytest.Pytester, docker_engine: None, monkeypatch: pytest.MonkeyPatch, reset: str
+) -> None:
+    """``svcenv_postgres_reset = false``: every test gets a fresh clone (a recycled database keeps its oid)."""
+    oids = pytester.path / "oids.txt"
+    monkeypatch.setenv("OIDS_FILE", str(oids))
+    monkeypatch.delenv("SVCENV_POSTGRES_RESET", raising=False)
+    pytester.makeini(
+        "[pytest]\nsvcenv_services = postgres\nsvcenv_postgres_prefetch = 1\n"
+        f"svcenv_postgres_reset = {reset}\n"
+        "svcenv_postgres_setup = CREATE TABLE items (id serial PRIMARY KEY, name text)\n"
+    )
+    pytester.makepyfile(test_oids=OIDS)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no:randomly", timeout=300)
+    result.assert_outcomes(passed=6)
+    seen = oids.read_text().split()
+    assert len(seen) == 6
+    if reset == "false":
+        assert len(set(seen)) == 6, seen  # six clones
+    else:
+        assert len(set(seen)) < 6, seen  # row-only changes: databases handed out again, reset

@@ -146,6 +146,8 @@ def _postgres_fixtures(service: Service, given: Setup | Sequence[Setup]) -> dict
         handle = request.getfixturevalue(f"{n}_service")
         items = _setup_items(request, given, builtin)
         prefetch = int(request.config.getini("svcenv_postgres_prefetch") or 0)
+        said = str(request.config.getini("svcenv_postgres_reset")).strip().lower()
+        reset = None if not said else said not in ("0", "false", "no", "off")
         run = manager(request)
         share = run.share
 
@@ -154,7 +156,7 @@ def _postgres_fixtures(service: Service, given: Setup | Sequence[Setup]) -> dict
                 run_setup(conn, item)
 
         name = f"svcenv_tpl_{secrets.token_hex(4)}" if share is None else share.template_name(n)
-        built = PostgresTemplate(handle, setup=prepare if items else None, name=name, prefetch=prefetch)
+        built = PostgresTemplate(handle, setup=prepare if items else None, name=name, prefetch=prefetch, reset=reset)
         if share is None:
             built.build()
         else:

@@ -55,6 +55,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=[],
     )
     parser.addini("svcenv_postgres_prefetch", "fresh databases cloned ahead of use by a background worker", default="2")
+    parser.addini(
+        "svcenv_postgres_reset",
+        "hand a database a test left provably clean (or only its rows changed) out again, reset, instead of "
+        "cloning anew (default: $SVCENV_POSTGRES_RESET, on); false: a fresh clone for every test",
+        default="",
+    )
     parser.addini("svcenv_missing", "when no backend can run a needed service: auto|skip|fail", default="auto")
     parser.addini("svcenv_xdist", "under xdist: shared (one environment) or per-worker", default="shared")
     parser.addini("svcenv_compose", "a compose file whose services the session runs (instead of [tool.svcenv])")
