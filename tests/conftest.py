@@ -35,7 +35,7 @@ IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 os.environ.setdefault("SVCENV_PULL", "never")
 
 
-ENGINE_FIXTURES = {"docker_engine", "leaks", "mysql_image", "base_image", "built_images"}
+ENGINE_FIXTURES = {"docker_engine", "leaks", "mysql_image", "base_image", "built_images", "podman_engine"}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -61,6 +61,7 @@ from .docker_host import (
     engine_calls,
     engine_host,
     engine_name,
+    engine_url,
     ensure_image,
     hub_image,
     refuse_unauthenticated,
@@ -284,14 +285,15 @@ class DockerBackend(Backend):
         if self._error is not None:
             raise self._error
         client: DockerClient | None = None
-        self._docker_host = os.environ.get("DOCKER_HOST")
+        self._docker_host = engine_url()  # DOCKER_HOST, or a Podman socket when there is no other
         self._engine = engine_name()
         try:
             import docker
 
             # A short timeout for the version negotiation and the ping: an engine
             # that does not answer fails in seconds. Later calls get the usual one.
-            client = docker.from_env(version="auto", timeout=PING_TIMEOUT)
+            environment = {**os.environ, "DOCKER_HOST": self._docker_host} if self._docker_host else None
+            client = docker.from_env(version="auto", timeout=PING_TIMEOUT, environment=environment)
             client.ping()
             client.api.timeout = API_TIMEOUT
         except Exception as exc:

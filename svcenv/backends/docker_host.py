@@ -8,6 +8,7 @@ import logging
 import os
 import re
 import socket
+import stat
 import urllib.parse
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
@@ -24,9 +25,11 @@ __all__ = [
     "engine_calls",
     "engine_host",
     "engine_name",
+    "engine_url",
     "ensure_image",
     "has_credentials",
     "hub_image",
+    "podman_socket",
     "refuse_unauthenticated",
     "remote_host",
     "vanished",
@@ -43,11 +46,40 @@ def _is_loopback(host: str) -> bool:
 
 
 LOCAL_SOCKET = "unix:///var/run/docker.sock"
+PODMAN_SOCKETS = ("/run/podman/podman.sock", "$XDG_RUNTIME_DIR/podman/podman.sock")
+"""Where Podman's Docker-compatible API listens (``podman system service``, ``podman.socket``):
+rootful, then the user's own (rootless)."""
+
+
+def podman_socket() -> str | None:
+    """With ``DOCKER_HOST`` unset and no /var/run/docker.sock: the first of :data:`PODMAN_SOCKETS`
+    that is a socket, as a ``unix://`` URL; else None."""
+    if os.environ.get("DOCKER_HOST") or os.path.exists(LOCAL_SOCKET.removeprefix("unix://")):
+        return None
+    for candidate in PODMAN_SOCKETS:
+        path = os.path.expandvars(candidate)
+        if "$" in path:  # XDG_RUNTIME_DIR unset
+            continue
+        with contextlib.suppress(OSError):
+            if stat.S_ISSOCK(os.stat(path).st_mode):
+                return f"unix://{path}"
+    return None
+
+
+def engine_url() -> str | None:
+    """The engine's URL: ``DOCKER_HOST``, else a Podman socket (see :func:`podman_socket`), else
+    None (docker-py's default, the local socket)."""
+    return os.environ.get("DOCKER_HOST") or podman_socket()
 
 
 def engine_name() -> str:
-    """The engine as messages name it: ``DOCKER_HOST``, or the local socket."""
-    return os.environ.get("DOCKER_HOST") or f"{LOCAL_SOCKET} (the local socket)"
+    """The engine as messages name it: ``DOCKER_HOST``, a Podman socket found, or the local socket."""
+    if os.environ.get("DOCKER_HOST"):
+        return os.environ["DOCKER_HOST"]
+    podman = podman_socket()
+    if podman:
+        return f"{podman} (Podman's socket: DOCKER_HOST is unset and there is no {LOCAL_SOCKET})"
+    return f"{LOCAL_SOCKET} (the local socket)"
 
 
 def remote_host(base_url: str) -> str | None:

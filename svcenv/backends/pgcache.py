@@ -38,6 +38,7 @@ from .base import LABEL_ENVIRONMENT, LABEL_OWNER_HOST, LABEL_OWNER_PID, LABEL_OW
 
 if TYPE_CHECKING:
     from docker import DockerClient
+    from docker.models.images import Image
 
     from ..descriptors import Resolved
 
@@ -108,9 +109,15 @@ def cache_key(client: DockerClient, resolved: Resolved) -> str:
     return hashlib.sha256(material.encode()).hexdigest()[:16]
 
 
+def _cached(client: DockerClient, key: str | None = None) -> list[Image]:
+    """The cache images (those for ``key``). One label per filter: Podman 4.3 matches no image when
+    an image filter names two labels; the other is checked here."""
+    images = client.images.list(filters={"label": f"{KEY_LABEL}={key}" if key else f"{CACHE_LABEL}=true"})
+    return [image for image in images if (image.labels or {}).get(CACHE_LABEL) == "true"]
+
+
 def _find(client: DockerClient, key: str) -> str | None:
-    images = client.images.list(filters={"label": [f"{CACHE_LABEL}=true", f"{KEY_LABEL}={key}"]})
-    return f"{CACHE_REPOSITORY}:{key}" if images else None
+    return f"{CACHE_REPOSITORY}:{key}" if _cached(client, key) else None
 
 
 def _build(client: DockerClient, resolved: Resolved, key: str, labels: Mapping[str, str], timeout: float) -> str:
@@ -171,14 +178,19 @@ def _build(client: DockerClient, resolved: Resolved, key: str, labels: Mapping[s
             )
         seed.stop(timeout=30)  # SIGINT (the image's STOPSIGNAL): a clean shutdown, no recovery later
         base_env = client.images.get(resolved.image).attrs["Config"].get("Env") or []
+        image_env = {"PGDATA": DATA_DIR, "POSTGRES_PASSWORD_FILE": ""}
+        image_labels = {CACHE_LABEL: "true", KEY_LABEL: key, "svcenv.cache-base": resolved.image}
         seed.commit(
             repository=CACHE_REPOSITORY,
             tag=key,
             conf={
                 # The engine adds each seed variable this list lacks: an empty one overrides the file's path.
-                "Env": [*base_env, f"PGDATA={DATA_DIR}", "POSTGRES_PASSWORD_FILE="],
-                "Labels": {CACHE_LABEL: "true", KEY_LABEL: key, "svcenv.cache-base": resolved.image},
+                "Env": [*base_env, *(f"{k}={v}" for k, v in image_env.items())],
+                "Labels": image_labels,
             },
+            # The same as Dockerfile instructions: Podman's compat API (4.3) ignores ``conf``.
+            changes=[f'ENV {k}="{v}"' for k, v in image_env.items()]
+            + [f'LABEL {k}="{v}"' for k, v in image_labels.items()],
         )
     finally:
         seed.remove(force=True, v=True)
@@ -268,8 +280,7 @@ def entries(client: DockerClient) -> list[dict[str, str]]:
 
 def clear(client: DockerClient, key: str | None = None) -> int:
     """Remove every cached image (or the one for ``key``); return how many."""
-    labels = [f"{CACHE_LABEL}=true"] + ([f"{KEY_LABEL}={key}"] if key else [])
-    images = client.images.list(filters={"label": labels})
+    images = _cached(client, key)
     for image in images:
         client.images.remove(str(image.id), force=True)
     return len(images)
