@@ -36,13 +36,20 @@ def rss_mb() -> float:
     raise AssertionError("no VmRSS in /proc/self/status")
 
 
+TEST_ENGINES = ("remote_engine.py", "podman_engine.py", "svcenv-remote-", "svcenv-podman")
+"""Command-line marks of the second engines other test files start for the session (their dockerd,
+Podman service and guards are children of this worker too, and not svcenv's)."""
+
+
 def children() -> list[str]:
     """Processes whose parent is this one (reapers, watchdogs, servers would show here)."""
     found = []
     for entry in Path("/proc").iterdir():
         try:
             if entry.name.isdigit() and (entry / "stat").read_text().rsplit(")", 1)[1].split()[1] == str(os.getpid()):
-                found.append((entry / "cmdline").read_text().replace("\0", " ")[:80])
+                cmdline = (entry / "cmdline").read_text().replace("\0", " ")
+                if not any(mark in cmdline for mark in TEST_ENGINES):
+                    found.append(cmdline[:80])
         except (OSError, IndexError):
             continue
     return found
