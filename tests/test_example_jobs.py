@@ -15,9 +15,8 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
-
-from svcenv.backends.local import tmp_base
 
 from .conftest import LeakCheck, docker, fetch_example_wheels, need, run_example
 from .test_local_backend import alive, processes_mentioning
@@ -81,15 +80,25 @@ def test_the_jobs_example_runs_as_local_commands_without_an_engine() -> None:
     """The same suite, with the API and the worker as local commands beside local Postgres and Redis."""
     if shutil.which("redis-server") is None:
         need("redis-server is not installed (apt-get install redis-server postgresql-15)")
-    before = set(tmp_base().iterdir())
-    env = {"SVCENV_BACKEND": "local", "DOCKER_HOST": "unix:///nonexistent/svcenv-no-engine.sock"}
-    out = run_example(EXAMPLE, None, ["tests"], env, at_least=5, timeout=300)
-    summary = re.findall(r"environment \w+: (.*)", out)
-    assert summary, out
-    for name in ("postgres", "redis", "api", "worker"):
-        assert re.search(rf"\b{name} [\d.]+s \(local\)", summary[0]), summary
-    # Nothing of it is left: no process of the API or the worker, no private directory.
-    for program in (EXAMPLE / "api" / "app.py", EXAMPLE / "worker" / "worker.py"):
-        assert [pid for pid in processes_mentioning(str(program)) if alive(pid)] == [], program
-    left = [p for p in set(tmp_base().iterdir()) - before if p.name.startswith("svcenv-local-")]
-    assert left == [], left
+    # Its servers' and commands' private dirs, apart from other tests'; traversable by the account
+    # Postgres runs as under root (pytest's tmp_path is not).
+    shm = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
+    private = Path(tempfile.mkdtemp(prefix="svcenv-jobs-local-", dir=shm))
+    try:
+        private.chmod(0o755)
+        env = {
+            "SVCENV_BACKEND": "local",
+            "DOCKER_HOST": "unix:///nonexistent/svcenv-no-engine.sock",
+            "SVCENV_LOCAL_TMPDIR": str(private),
+        }
+        out = run_example(EXAMPLE, None, ["tests"], env, at_least=5, timeout=300)
+        summary = re.findall(r"environment \w+: (.*)", out)
+        assert summary, out
+        for name in ("postgres", "redis", "api", "worker"):
+            assert re.search(rf"\b{name} [\d.]+s \(local\)", summary[0]), summary
+        # Nothing of it is left: no process of the API or the worker, no private directory.
+        for program in (EXAMPLE / "api" / "app.py", EXAMPLE / "worker" / "worker.py"):
+            assert [pid for pid in processes_mentioning(str(program)) if alive(pid)] == [], program
+        assert [p.name for p in private.iterdir()] == []
+    finally:
+        shutil.rmtree(private, ignore_errors=True)

