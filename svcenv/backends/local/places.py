@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from ..._paths import cache_dir
+from ..._util import owner_identity
 from ..base import LABEL_ENVIRONMENT
 from ._common import MARKER, TMP_PREFIX
 
@@ -64,7 +65,12 @@ def _make_workdir(labels: Mapping[str, str], service: str) -> Path:
 
 
 def _write_marker(workdir: Path, extra: Mapping[str, object]) -> None:
-    marker = {"owner_pid": os.getpid(), "owner_start": _start_time(os.getpid()), **extra}
+    marker = {
+        "owner_pid": os.getpid(),
+        "owner_start": _start_time(os.getpid()),
+        "owner_host": owner_identity(),
+        **extra,
+    }
     (workdir / MARKER).write_text(json.dumps(marker))
 
 
@@ -77,6 +83,8 @@ def _stale(entry: Path) -> bool:
         marker = json.loads((entry / MARKER).read_text())
     except (OSError, ValueError):
         marker = {}
+    if marker.get("owner_host") not in (None, owner_identity()):
+        return False  # an owner in another pid namespace: its pid says nothing here (#18 row 1)
     if _alive(owner, marker.get("owner_start")):
         return False
     return not _alive(marker.get("watchdog_pid"), marker.get("watchdog_start"))
