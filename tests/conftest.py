@@ -252,3 +252,16 @@ def run_example(
     assert int(passed.group(1)) >= at_least, out
     assert not re.search(rf"\b\d+ ({forbidden})\b", out), out
     return out
+
+
+CONNECT_VARS = ("SVCENV_DOCKER_BIND", "SVCENV_DOCKER_HOST_IP", "TESTCONTAINERS_HOST_OVERRIDE", "TC_HOST")
+"""What decides where svcenv connects and publishes besides ``DOCKER_HOST``."""
+
+
+def no_connect_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Unset :data:`CONNECT_VARS` (and testcontainers' copy of the host override) for the test."""
+    from testcontainers.core.config import testcontainers_config
+
+    for var in CONNECT_VARS:
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(testcontainers_config, "tc_host_override", None)

@@ -50,6 +50,11 @@ from typing import IO, Any
 
 import pytest
 
+if __package__:
+    from .procs import alive, children, cmdline, signal_all, wait_gone
+else:  # run as the guard script: tests/ is on sys.path
+    from procs import alive, children, cmdline, signal_all, wait_gone  # type: ignore[no-redef]
+
 STATE_DIR = Path("/run/svcenv-podman")
 SOCKET = STATE_DIR / "podman.sock"
 URL = f"unix://{SOCKET}"
@@ -73,44 +78,6 @@ GUARD_WAIT_S = 300.0
 
 def _run(*argv: str, check: bool = True, timeout: float = 120, **kwargs: Any) -> subprocess.CompletedProcess[str]:
     return subprocess.run(argv, capture_output=True, text=True, check=check, timeout=timeout, **kwargs)
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"
-
-
-def _wait_gone(pids: Iterable[int], timeout: float) -> list[int]:
-    deadline = time.monotonic() + timeout
-    left = [p for p in pids if _alive(p)]
-    while left and time.monotonic() < deadline:
-        time.sleep(0.05)
-        left = [p for p in left if _alive(p)]
-    return left
-
-
-def _children(pid: int) -> list[int]:
-    out = []
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        with contextlib.suppress(OSError):
-            out += [int(p) for p in (task / "children").read_text().split()]
-    return out
-
-
-def _signal(pids: Iterable[int], sig: int) -> None:
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, sig)
 
 
 def _hard_limit(pid: int, name: str) -> int | None:
@@ -228,8 +195,8 @@ def _stop(service: subprocess.Popen[bytes] | int | None) -> None:
     if service is None:
         return
     if isinstance(service, int):
-        _signal([service], signal.SIGTERM)
-        _signal(_wait_gone([service], STOP_TIMEOUT_S), signal.SIGKILL)
+        signal_all([service], signal.SIGTERM)
+        signal_all(wait_gone([service], STOP_TIMEOUT_S), signal.SIGKILL)
         return
     if service.poll() is None:
         service.terminate()
@@ -278,12 +245,12 @@ def teardown(root: Path, service: subprocess.Popen[bytes] | int | None, chains_b
     stragglers = {
         int(e.name)
         for e in Path("/proc").iterdir()
-        if e.name.isdigit() and int(e.name) != me and str(root) in _cmdline(int(e.name))
+        if e.name.isdigit() and int(e.name) != me and str(root) in cmdline(int(e.name))
     }
     if stragglers:
-        _signal({c for p in stragglers for c in _children(p)} - stragglers, signal.SIGKILL)
-        _signal(stragglers, signal.SIGKILL)
-        left = _wait_gone(stragglers, 10)
+        signal_all({c for p in stragglers for c in children(p)} - stragglers, signal.SIGKILL)
+        signal_all(stragglers, signal.SIGKILL)
+        left = wait_gone(stragglers, 10)
         if left:
             problems.append(f"processes still running: {left}")
     mounts = [line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()]
@@ -449,7 +416,7 @@ def _check_names(images: Iterable[str]) -> list[str]:
 
 def _guard_alive(state: dict[str, Any]) -> bool:
     pid = int(state.get("guard", 0))
-    return pid > 0 and _alive(pid) and "podman_engine.py guard" in _cmdline(pid) and str(state["root"]) in _cmdline(pid)
+    return pid > 0 and alive(pid) and "podman_engine.py guard" in cmdline(pid) and str(state["root"]) in cmdline(pid)
 
 
 def _start_engine() -> tuple[PodmanEngine, subprocess.Popen[str]]:

@@ -52,6 +52,11 @@ from pathlib import Path
 
 import pytest
 
+if __package__:
+    from .procs import alive, children, cmdline, signal_all, wait_gone
+else:  # run as the guard script: tests/ is on sys.path
+    from procs import alive, children, cmdline, signal_all, wait_gone  # type: ignore[no-redef]
+
 PORT = 2375
 PREFIX = "svcenv-remote-"
 ROOT_BASE = "/var/tmp"  # on disk (not a tmpfs /tmp): the images take ~1.3 GB unpacked
@@ -66,38 +71,6 @@ def _run(*argv: str, check: bool = True, timeout: float = 60) -> subprocess.Comp
     return subprocess.run(argv, capture_output=True, text=True, check=check, timeout=timeout)
 
 
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"
-
-
-def _children(pid: int) -> list[int]:
-    out = []
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        with contextlib.suppress(OSError):
-            out += [int(p) for p in (task / "children").read_text().split()]
-    return out
-
-
-def _wait_gone(pids: Iterable[int], timeout: float) -> list[int]:
-    deadline = time.monotonic() + timeout
-    left = [p for p in pids if _alive(p)]
-    while left and time.monotonic() < deadline:
-        time.sleep(0.05)
-        left = [p for p in left if _alive(p)]
-    return left
-
-
 # -- the guard: the one teardown path -------------------------------------------------------
 
 
@@ -106,28 +79,22 @@ def _netns_pids(netns: str) -> list[int]:
     return [int(p) for p in done.stdout.split()] if done.returncode == 0 else []
 
 
-def _signal(pids: Iterable[int], sig: int) -> None:
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, sig)
-
-
 def teardown(netns: str, veth: str, root: Path, dockerd_pids: Iterable[int]) -> list[str]:
     """Remove everything of one remote engine; return what could not be removed (empty: all gone)."""
     problems: list[str] = []
-    ours = [p for p in dockerd_pids if _alive(p) and str(root) in _cmdline(p)]  # a reused pid is not ours
-    _signal(ours, signal.SIGTERM)
-    _signal(_wait_gone(ours, STOP_TIMEOUT_S), signal.SIGKILL)
+    ours = [p for p in dockerd_pids if alive(p) and str(root) in cmdline(p)]  # a reused pid is not ours
+    signal_all(ours, signal.SIGTERM)
+    signal_all(wait_gone(ours, STOP_TIMEOUT_S), signal.SIGKILL)
     # What is left in the namespace (containerd, shims, docker-proxy) and under the directory,
     # and the containers the shims run (their own namespaces: the shims' children).
     stragglers = set(_netns_pids(netns)) | {
-        int(e.name) for e in Path("/proc").iterdir() if e.name.isdigit() and str(root) in _cmdline(int(e.name))
+        int(e.name) for e in Path("/proc").iterdir() if e.name.isdigit() and str(root) in cmdline(int(e.name))
     }
     stragglers.discard(os.getpid())
     if stragglers:
-        _signal({c for p in stragglers for c in _children(p)} - stragglers, signal.SIGKILL)
-        _signal(stragglers, signal.SIGKILL)
-        left = _wait_gone(stragglers, 10)
+        signal_all({c for p in stragglers for c in children(p)} - stragglers, signal.SIGKILL)
+        signal_all(stragglers, signal.SIGKILL)
+        left = wait_gone(stragglers, 10)
         if left:
             problems.append(f"processes still running: {left}")
     # Cgroups of containers that did not stop cleanly (empty directories once their processes are gone).

@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 
 from .conftest import LeakCheck, docker, fetch_example_wheels, need, run_example
-from .test_local_backend import alive, processes_mentioning
+from .procs import alive, processes_mentioning
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "jobs"
 

@@ -38,6 +38,7 @@ from svcenv.backends import local
 from svcenv.backends.local import LocalBackend, LocalInstance
 
 from .conftest import need
+from .procs import alive, processes_mentioning
 
 if TYPE_CHECKING:
     from svcenv.descriptors import Resolved
@@ -46,30 +47,6 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 # -- helpers ----------------------------------------------------------------------------------
-
-
-def alive(pid: int) -> bool:
-    """Whether ``pid`` runs (a zombie has exited and does not count)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat[stat.rfind(")") + 2] not in "ZX"
-
-
-def processes_mentioning(text: str) -> list[int]:
-    """Pids whose command line contains ``text`` (servers and watchdogs name their workdir)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if text in cmdline:
-            found.append(int(entry.name))
-    return found
 
 
 def group_members(pgid: int) -> list[int]:

@@ -22,7 +22,8 @@ from svcenv.backends.docker import DockerBackend
 from svcenv.backends.local import LocalBackend
 from svcenv.probes import HTTP, LogLine
 
-from .test_local_backend import alive, processes_mentioning, wait_for, workdirs
+from .procs import alive, processes_mentioning
+from .test_local_backend import wait_for, workdirs
 
 APP = textwrap.dedent(
     """

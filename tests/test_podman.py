@@ -29,20 +29,11 @@ from svcenv.handles import PostgresHandle, RedisHandle
 from svcenv.probes import Command, LogLine
 
 from . import test_faults
+from .conftest import no_connect_overrides
 from .faults import OWNER_SCENARIOS, ROOT, SETTLE_S, Outcome, _cmdlines, run_owner
 from .podman_engine import SOCKET, PodmanEngine, podman_engine  # noqa: F401 (the fixture)
 
 pytestmark = pytest.mark.docker
-
-CONNECT_VARS = ("SVCENV_DOCKER_BIND", "SVCENV_DOCKER_HOST_IP", "TESTCONTAINERS_HOST_OVERRIDE", "TC_HOST")
-
-
-def _no_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
-    from testcontainers.core.config import testcontainers_config
-
-    for var in CONNECT_VARS:
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setattr(testcontainers_config, "tc_host_override", None)
 
 
 @pytest.fixture
@@ -53,7 +44,7 @@ def podman(podman_engine: PodmanEngine, monkeypatch: pytest.MonkeyPatch) -> Iter
     label = f"svcenv.podman-test={uuid.uuid4().hex[:12]}"
     monkeypatch.setenv("DOCKER_HOST", podman_engine.url)
     monkeypatch.setenv("SVCENV_LABELS", label)
-    _no_overrides(monkeypatch)
+    no_connect_overrides(monkeypatch)
     volumes_before = podman_engine.dangling_volumes()
     yield podman_engine
     _seconds, left = podman_engine.settle(label, volumes_before, limit=SETTLE_S)

@@ -42,21 +42,11 @@ from svcenv.backends import docker_host
 from svcenv.backends.pgcache import CACHE_REPOSITORY
 
 from . import test_faults
-from .conftest import LeakCheck, docker
+from .conftest import LeakCheck, docker, no_connect_overrides
 from .faults import OWNER_SCENARIOS, ROOT, SETTLE_S, Outcome, _cmdlines, run_owner
 from .remote_engine import RemoteEngine, remote_engine  # noqa: F401 (the fixture)
 
 pytestmark = pytest.mark.docker
-
-CONNECT_VARS = ("SVCENV_DOCKER_BIND", "SVCENV_DOCKER_HOST_IP", "TESTCONTAINERS_HOST_OVERRIDE", "TC_HOST")
-
-
-def _no_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
-    from testcontainers.core.config import testcontainers_config
-
-    for var in CONNECT_VARS:
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setattr(testcontainers_config, "tc_host_override", None)
 
 
 @pytest.fixture
@@ -64,7 +54,7 @@ def remote(remote_engine: RemoteEngine, monkeypatch: pytest.MonkeyPatch) -> Iter
     """``DOCKER_HOST`` points at the remote engine for the test and its subprocesses. Afterwards nothing
     of svcenv's may be left there (the engine is the tests' alone: anything labelled, any dangling volume)."""
     monkeypatch.setenv("DOCKER_HOST", remote_engine.url)
-    _no_overrides(monkeypatch)
+    no_connect_overrides(monkeypatch)
     if not remote_engine.answers():  # an earlier test stopped it and failed before restarting it
         remote_engine.start()
     yield remote_engine
@@ -89,7 +79,7 @@ def _image(engine: RemoteEngine, container_id: str) -> str:
 
 
 def test_the_bind_address_comes_from_the_engine_url_alone(monkeypatch: pytest.MonkeyPatch) -> None:
-    _no_overrides(monkeypatch)
+    no_connect_overrides(monkeypatch)
     monkeypatch.delenv("DOCKER_HOST", raising=False)
     for local in ("http+docker://localhost", "http://127.0.0.1:2375", "http://[::1]:2375", "http://localhost:2375"):
         assert docker_host.remote_host(local) is None, local
@@ -117,7 +107,7 @@ def test_the_connect_address_follows_the_overrides_only_where_ports_are_publishe
     def client(base_url: str) -> Any:  # engine_host reads nothing but the client's base URL
         return SimpleNamespace(api=SimpleNamespace(base_url=base_url))
 
-    _no_overrides(monkeypatch)
+    no_connect_overrides(monkeypatch)
     monkeypatch.delenv("DOCKER_HOST", raising=False)
     monkeypatch.setattr(testcontainers_config, "tc_host_override", "192.0.2.7")
     assert docker_host.engine_host(client("http+docker://localhost")) == "127.0.0.1"  # local: not widened
@@ -135,7 +125,7 @@ def test_host_override_on_a_local_engine_leaves_every_port_on_loopback(
     """TESTCONTAINERS_HOST_OVERRIDE on a LOCAL engine leaves every port on loopback."""
     from testcontainers.core.config import testcontainers_config
 
-    _no_overrides(monkeypatch)
+    no_connect_overrides(monkeypatch)
     monkeypatch.delenv("DOCKER_HOST", raising=False)
     addresses = subprocess.run(["hostname", "-I"], capture_output=True, text=True, check=False).stdout.split()
     override = next((a for a in addresses if "." in a), "203.0.113.7")  # this host's own, else TEST-NET-3

@@ -18,6 +18,7 @@ import pytest
 
 from svcenv import Environment, Postgres, Redis
 
+from . import procs
 from .conftest import LeakCheck
 
 pytestmark = pytest.mark.soak
@@ -43,16 +44,8 @@ Podman service and guards are children of this worker too, and not svcenv's)."""
 
 def children() -> list[str]:
     """Processes whose parent is this one (reapers, watchdogs, servers would show here)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        try:
-            if entry.name.isdigit() and (entry / "stat").read_text().rsplit(")", 1)[1].split()[1] == str(os.getpid()):
-                cmdline = (entry / "cmdline").read_text().replace("\0", " ")
-                if not any(mark in cmdline for mark in TEST_ENGINES):
-                    found.append(cmdline[:80])
-        except (OSError, IndexError):
-            continue
-    return found
+    lines = [procs.cmdline(pid) for pid in procs.children(os.getpid())]
+    return [line[:80] for line in lines if line and not any(mark in line for mark in TEST_ENGINES)]
 
 
 def use(env: Environment) -> None:
