@@ -189,6 +189,12 @@ class Service:
             raise ConfigurationError(f"service {self.name!r}: no image given")
         return image
 
+    @property
+    def imageless(self) -> bool:
+        """A generic service that names no image and builds none: a command the local backend runs
+        as a process (any other backend says it needs an image)."""
+        return self.kind == "service" and not self.image and self.build is None
+
     # -- how other services refer to this one (see svcenv.refs) -------------------------------
 
     @property
@@ -238,8 +244,7 @@ class Service:
     ) -> Resolved:
         tmpfs = dict.fromkeys(self.tmpfs, "rw")
         files, volumes = read_files(self), dict(self.volumes)
-        # A command without image runs as a local process (the local backend); any other backend says so.
-        image = "" if self.kind == "service" and not self.image and self.build is None else self.effective_image
+        image = "" if self.imageless else self.effective_image
         return Resolved(
             self, image, self.ports, env, command, secrets or {}, tmpfs, self.entrypoint, files, volumes, self.options
         )

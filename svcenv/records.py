@@ -101,6 +101,6 @@ def spec_of(service: Service) -> Spec:
         if value is not None:
             spec[f.name] = value
     # A built image is named by its build (and tagged when it is built); a local command has none.
-    if service.build is None and not (service.kind == "service" and not service.image):
+    if service.build is None and not service.imageless:
         spec["image"] = service.effective_image
     return spec
