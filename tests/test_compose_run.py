@@ -176,3 +176,32 @@ def test_a_failing_one_shot_migration_fails_the_start_with_its_log(project: Path
     assert 'relation "missing_table" does not exist' in result.stderr  # the job's own log
     assert "app" not in result.stdout
     leaks.assert_clean()
+
+
+NAMED_SUITE = """
+import psycopg
+import pytest
+
+@pytest.mark.svcenv("app")  # the app, and the migration job it waits for
+def test_the_job_ran_before_the_app(db_service):
+    with psycopg.connect(db_service.url) as conn:
+        assert conn.execute("SELECT count(*) FROM items").fetchone() == (0,)
+
+def test_a_service_of_any_name_gets_its_fixtures(db_connection):
+    db_connection.execute("CREATE TABLE mine (x int)")  # its own fresh database
+"""
+
+
+@pytest.mark.docker
+def test_the_plugin_gives_compose_services_their_fixtures_and_dependencies(
+    project: Path, pytester: pytest.Pytester
+) -> None:
+    """A service named ``db`` gets ``db_service``/``db_connection``; a marked ``app`` brings the job it waits for."""
+    jobs = JOBS.replace("\n  postgres:\n", "\n  db:\n").replace("-h postgres", "-h db").replace("{postgres:", "{db:")
+    jobs = jobs.replace("${SQL}", "CREATE TABLE items (n int)")
+    (pytester.path / "compose.yaml").write_text(jobs)
+    (pytester.path / ".env").write_text((project / ".env").read_text())
+    pytester.makeini("[pytest]\nsvcenv_compose = compose.yaml\n")
+    pytester.makepyfile(test_named=NAMED_SUITE)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", timeout=300)
+    result.assert_outcomes(passed=2)

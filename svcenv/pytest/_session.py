@@ -156,11 +156,22 @@ class Manager:
 
     def descriptors(self) -> tuple[Service, ...]:
         """The descriptors of the needed services: configured ones win over the fixtures' defaults."""
+        from .._scheduler import needs
+
         configured = {s.name: s for s in self.configured() or ()}
         order = [*configured, *self.known, *DEFAULT_SERVICES]
+        # What the needed services wait for or refer to comes along (a compose app's migration job).
+        wanted, pending = set(self.needed), list(self.needed)
+        while pending:
+            name = pending.pop()
+            service = configured.get(name) or self.known.get(name)
+            for dep in needs(service) if service is not None else ():
+                if dep not in wanted:
+                    wanted.add(dep)
+                    pending.append(dep)
         chosen: dict[str, Service] = {}
         for name in order:
-            if name in self.needed and name not in chosen:
+            if name in wanted and name not in chosen:
                 service = configured.get(name) or self.known.get(name)
                 if service is None and name in KINDS and KINDS[name] is not Service:
                     service = _descriptor(name)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+import types
 from pathlib import Path
 from typing import Any
 
@@ -86,7 +87,7 @@ def pytest_configure(config: pytest.Config) -> None:
     declared = _declared(run)
     if declared:
         # Services declared in [tool.svcenv] get their fixtures (db_service, db_connection, ...).
-        config.pluginmanager.register(_Fixtures(fixtures(*declared)), "svcenv-declared-fixtures")
+        config.pluginmanager.register(_fixtures_plugin(fixtures(*declared)), "svcenv-declared-fixtures")
     if config.pluginmanager.hasplugin("django") and config.getini("svcenv_django"):
         from . import _django  # imports no Django: only pytest-django's settings check, when a hook runs
 
@@ -102,12 +103,13 @@ def _declared(run: Manager) -> list[Service]:
         return []  # reported when the environment starts, with the file and key
 
 
-class _Fixtures:
-    """A plugin object holding factory-made fixtures (pytest collects fixtures from plugins)."""
-
-    def __init__(self, made: dict[str, Any]) -> None:
-        for name, fixture in made.items():
-            setattr(self, name.replace("-", "_").replace(".", "_"), fixture)
+def _fixtures_plugin(made: dict[str, Any]) -> types.ModuleType:
+    """A plugin module holding factory-made fixtures: pytest collects a plugin's fixtures from its
+    module (or class) attributes, not from an instance's (pytest 9 looks them up on the type)."""
+    module = types.ModuleType("svcenv.pytest.declared_fixtures")
+    for name, fixture in made.items():
+        setattr(module, name.replace("-", "_").replace(".", "_"), fixture)
+    return module
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
