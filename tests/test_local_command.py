@@ -154,3 +154,25 @@ def test_logline_probe_reads_a_commands_output(app: Path) -> None:
     service = Service("api", command=(sys.executable, str(app)), ports=(8000,), probe=LogLine("listening on"))
     with Environment(service, backend="local") as env:
         assert env.timings["api"].attempts >= 1
+
+
+FLAKY_BIND = textwrap.dedent(
+    """
+    import os, pathlib, sys
+    first = pathlib.Path(sys.argv[1])
+    if not first.exists():  # as if another process took PORT between svcenv's choice and our bind
+        first.write_text(os.environ["PORT"])
+        print("OSError: [Errno 98] Address already in use", flush=True)
+        sys.exit(1)
+    exec(open(sys.argv[2]).read())
+    """
+)
+
+
+def test_a_port_taken_before_the_command_binds_it_is_retried_on_another(app: Path, tmp_path: Path) -> None:
+    (tmp_path / "flaky.py").write_text(FLAKY_BIND)
+    command = (sys.executable, str(tmp_path / "flaky.py"), str(tmp_path / "first"), str(app))
+    api = Service("api", command=command, ports=(8000,), scheme="http", probe=HTTP("/"))
+    with Environment(api, backend="local") as env:
+        assert _get(env["api"].url + "/")["host"] == "127.0.0.1"
+        assert env["api"].port != int((tmp_path / "first").read_text())  # a new port, not the taken one

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..._util import NotYet
 from .accounts import Account
 from .process import LocalInstance
+from .servers import _await
 
 if TYPE_CHECKING:
     from ...descriptors import Resolved, Service
@@ -72,6 +75,19 @@ class LocalCommand(LocalInstance):
         return {"PORT": str(port), "HOST": "127.0.0.1"}
 
     def await_up(self, port: int, log_offset: int, deadline: float) -> None:
+        """Return once it listens on ``PORT`` (if it publishes a port): a port another process took
+        meanwhile ("Address already in use") is then retried on a new one, as for the servers."""
         if self.resolved.service.one_shot and self.exit_status() == 0:
             return  # a job that is done already
-        self._check_running(log_offset)
+        if not self.resolved.ports:
+            self._check_running(log_offset)
+            return
+
+        def listening() -> None:
+            self._check_running(log_offset)  # _PortTaken if it could not bind
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            except OSError:
+                raise NotYet(f"did not listen on PORT={port} in time") from None
+
+        _await(listening, deadline, first=0.01)
