@@ -1,5 +1,5 @@
-"""Sessions: ``tests`` (the suite, on real services), ``nodocker`` (what runs without an engine),
-``lint`` (ruff + mypy), ``bench`` (benchmarks)."""
+"""Sessions: ``tests`` (the suite, on real services), ``tests313`` (the suite under Python 3.13),
+``nodocker`` (what runs without an engine), ``lint`` (ruff + mypy), ``bench`` (benchmarks)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import os
 
 import nox
 
-nox.options.sessions = ["lint", "nodocker", "tests"]
+nox.options.sessions = ["lint", "nodocker", "tests", "tests313"]
 nox.options.reuse_existing_virtualenvs = True
 
 TEST_IMAGES = {
@@ -27,6 +27,12 @@ def tests(session: nox.Session) -> None:
     """The whole suite against real services (needs the engine and images `.ci/dev` provisions)."""
     session.install("-e", ".[test]")
     session.run("pytest", *(session.posargs or ["-n", "2", "--dist", "loadfile"]), env=_image_env())
+
+
+@nox.session(python=False)
+def tests313(session: nox.Session) -> None:
+    """The suite under Debian 13's Python 3.13, in a debootstrapped root that uses this engine (``.ci/py313``)."""
+    session.run("bash", ".ci/py313", *session.posargs, env=_image_env(), external=True)
 
 
 @nox.session

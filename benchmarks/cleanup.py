@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         json.dumps(
             {
                 "benchmark": "cleanup",
-                "when": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                "when": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
                 "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
                 "rounds": args.rounds,
                 "scenarios": rows,

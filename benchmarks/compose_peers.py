@@ -200,7 +200,7 @@ def main() -> int:
     print(f"{'svcenv / compose':<16}{ratio_ready:>15.2f}x{ratio_down:>19.2f}x")
     left = _leftovers(token)
     result = {
-        "when": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "when": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
         "docker_compose": subprocess.run(
             ["docker-compose", "version", "--short"], capture_output=True, text=True

@@ -229,7 +229,7 @@ def main() -> int:
     args.json.write_text(
         json.dumps(
             {
-                "when": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                "when": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
                 "cpus": os.cpu_count(),
                 "samples": samples,
                 "medians": medians,

@@ -183,7 +183,7 @@ def main() -> int:
         )
 
     result: dict[str, Any] = {
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "machine": {"nproc": os.cpu_count(), "python": sys.version.split()[0], "platform": platform.platform()},
         "postgres": {
             "version": install.version,

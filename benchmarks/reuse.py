@@ -174,7 +174,7 @@ def main() -> int:
     goal_met = "warm" in results and results["warm"]["median_ms"] <= GOAL_S * 1000
     print(f"goal: warm Postgres + Redis ready <= {GOAL_S:.1f}s: {'met' if goal_met else 'NOT met'}")
     report = {
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "machine": {"nproc": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
         "images": {k: os.environ.get(k) for k in ("SVCENV_POSTGRES_IMAGE", "SVCENV_REDIS_IMAGE")},
         "rounds": args.rounds,

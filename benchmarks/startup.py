@@ -818,7 +818,7 @@ def main(argv: list[str] | None = None) -> int:
     errors = [f"{r['round']} {m}: {s['error']}" for r in rounds + warmups for m, s in failed(r)]
     result = {
         "schema": 1,
-        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "command": [Path(sys.argv[0]).name, *(sys.argv[1:] if argv is None else argv)],
         "config": {
             "rounds": args.rounds,

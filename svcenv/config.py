@@ -44,7 +44,7 @@ and the keys above); :func:`build_service` makes a descriptor of it and
 from __future__ import annotations
 
 import os
-import sys
+import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -52,11 +52,6 @@ from pathlib import Path
 from .descriptors import KINDS, Service
 from .errors import ConfigurationError
 from .records import Spec, build_service, spec_of
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib  # type: ignore[import-not-found,no-redef,unused-ignore]
 
 __all__ = [
     "KINDS",

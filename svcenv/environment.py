@@ -40,7 +40,7 @@ from .errors import ConfigurationError, ServiceFailure, ServiceNotFound, Service
 from .handles import ElasticsearchHandle, PostgresHandle, RedisHandle, ServiceHandle, attached_handle
 
 if TYPE_CHECKING:
-    from typing_extensions import Self
+    from typing import Self
 
     from .reuse import Reuse
     from .state import Record

@@ -44,7 +44,7 @@ import tempfile
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
@@ -141,7 +141,7 @@ def write_config(root: Path, nofile: int, nproc: int) -> None:
         "id": secrets.token_hex(32),
         "driver": "bridge",
         "network_interface": DEFAULT_BRIDGE,
-        "created": datetime.now(timezone.utc).isoformat().replace("+00:00", "Z"),
+        "created": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
         "subnets": [{"subnet": DEFAULT_SUBNET, "gateway": DEFAULT_SUBNET.replace(".0/24", ".1")}],
         "ipv6_enabled": False,
         "internal": False,
