@@ -8,6 +8,7 @@ created, in parallel and bounded in time. :class:`Environment` mixes in
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import os
@@ -18,7 +19,7 @@ from concurrent.futures import Future, wait
 from typing import TYPE_CHECKING, TypeVar
 
 from ._timing import ServiceTiming
-from ._util import DaemonJob, env_prefix
+from ._util import DaemonJob, env_prefix, scrub, secret_name
 from .backends import choose, requested_backend
 from .backends.base import LABEL_ENVIRONMENT, LABEL_KEEP, LABEL_SERVICE, Backend, Instance
 from .descriptors import Service
@@ -36,6 +37,7 @@ from .probes import wait_until_ready
 from .refs import referenced, resolve_refs
 
 if TYPE_CHECKING:
+    from ._resolved import Resolved
     from .reuse import Reuse
     from .state import Record
 
@@ -78,9 +80,29 @@ class _Scheduler:
     _entries: dict[str, Record]
     _joined: dict[str, Callable[[], None]]
     """Reused services connected to this environment's network -> what disconnects them."""
+    _secrets: set[str]
+    """Every secret a service of this environment was given (scrubbed from errors and log tails)."""
 
     def _entry(self, name: str, reuse_hash: str | None = None) -> Record:
         raise NotImplementedError  # Environment's
+
+    def _learn(self, resolved: Resolved) -> None:
+        """Remember ``resolved``'s secrets: its own, and the values of its secret-named variables.
+
+        A value that is also what the service shows openly (its name, user or database) is no
+        secret: hiding every ``postgres`` of a log because the password is ``postgres`` would only
+        make the log unreadable.
+        """
+        service = resolved.service
+        public = {service.name, *(str(getattr(service, attr, "") or "") for attr in ("user", "dbname"))}
+        found = {*resolved.secrets.values(), *(v for k, v in resolved.env.items() if secret_name(k))}
+        with self._lock:
+            self._secrets.update(value for value in found if value and value not in public)
+
+    def _scrub(self, text: str) -> str:
+        with self._lock:
+            known = set(self._secrets)
+        return scrub(text, known)
 
     def _start_one(self, service: Service) -> None:
         name = service.name
@@ -117,6 +139,7 @@ class _Scheduler:
                 found = reuse.find(service, backend, digest, self._cancel)
                 if found is not None:
                     handle, entry = found
+                    self._learn(handle._resolved)
                     # On this environment's network too, by its name: the services started here reach it.
                     leave = backend.join(handle._instance, name, self.labels)
                     with self._lock:
@@ -148,6 +171,7 @@ class _Scheduler:
         backend = self._backends[name]
         try:
             resolved = service.resolve()
+            self._learn(resolved)
             begin = self._now()
             instance = backend.create(resolved, labels)
             with self._lock:
@@ -181,7 +205,9 @@ class _Scheduler:
             raise
         except BuildFailed as exc:  # already one failure, with the build log's tail
             self._stop_if_cancelled(instance)
-            raise _Failure(exc.failures[0]) from exc
+            built = exc.failures[0]
+            built = dataclasses.replace(built, reason=self._scrub(built.reason), log_tail=self._scrub(built.log_tail))
+            raise _Failure(built) from exc
         except ServiceExited as exc:
             self._stop_if_cancelled(instance)
             raise _Failure(self._failure(service, resolved.image if resolved else None, instance, str(exc))) from exc
@@ -207,7 +233,8 @@ class _Scheduler:
             tail = _quietly(lambda: instance.logs(LOG_TAIL_LINES)) or ""
         backend = self._backends[service.name].name
         # Only containers run an image; naming one for a local or external service would mislead.
-        return ServiceFailure(service.name, backend, image if backend == "docker" else None, reason, tail)
+        image = image if backend == "docker" else None
+        return ServiceFailure(service.name, backend, image, self._scrub(reason), self._scrub(tail))
 
     def keep(self) -> None:
         """Leave every service running when this environment stops, and when this process dies.

@@ -7,6 +7,7 @@ Each exists once, so that they behave the same everywhere:
 * :func:`pid_alive`: whether a process exists (a zombie does not count).
 * :func:`env_prefix`: a service name as a variable prefix (``pg-replica`` -> ``PG_REPLICA``).
 * :func:`poll`: retry a check on tenacity until it passes or a deadline runs out.
+* :func:`scrub`: text with every known secret (and its quoted and escaped forms) as ``***``.
 """
 
 from __future__ import annotations
@@ -18,11 +19,11 @@ import os
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
-__all__ = ["FALSY", "TRUTHY", "env_prefix", "file_lock", "flag", "in_ci", "pid_alive", "poll"]
+__all__ = ["FALSY", "TRUTHY", "env_prefix", "file_lock", "flag", "in_ci", "pid_alive", "poll", "scrub"]
 
 TRUTHY = frozenset({"1", "true", "yes", "on"})
 FALSY = frozenset({"0", "false", "no", "off"})
@@ -47,6 +48,51 @@ def in_ci() -> bool:
 def env_prefix(name: str) -> str:
     """``"postgres-replica"`` -> ``"POSTGRES_REPLICA"``: the prefix of a service's variables."""
     return re.sub(r"[^A-Za-z0-9]", "_", name).upper()
+
+
+_SECRET_NAME = re.compile(r"(?i)pass|secret|token|credential|auth|api_?key|private_?key")
+
+
+def secret_name(name: str) -> bool:
+    """Whether variable ``name`` holds a secret (``POSTGRES_PASSWORD``, ``API_KEY``; not a ``*_FILE`` path)."""
+    return bool(_SECRET_NAME.search(name)) and not name.upper().endswith("_FILE")
+
+
+MIN_SECRET_LEN = 3
+"""Shorter values are not scrubbed: ``***`` in place of every ``ab`` of a log would hide more than it protects."""
+
+
+def secret_forms(secret: str) -> set[str]:
+    """``secret`` as it may show in text: raw, URL-quoted (``%40``, ``+``), escaped (``\\x00``, JSON, bytes)."""
+    import json
+    from urllib.parse import quote, quote_plus
+
+    forms = {
+        secret,
+        quote(secret, safe=""),
+        quote(secret, safe=":/@"),
+        quote_plus(secret),
+        secret.encode("unicode_escape").decode("ascii"),
+        repr(secret)[1:-1],
+        repr(secret.encode())[2:-1],
+        json.dumps(secret)[1:-1],
+        json.dumps(secret, ensure_ascii=False)[1:-1],
+    }
+    return {form for form in forms if len(form) >= MIN_SECRET_LEN}
+
+
+def scrub(text: str, secrets: Iterable[str]) -> str:
+    """``text`` with every one of ``secrets`` (in each of its :func:`secret_forms`) replaced by ``***``.
+
+    Longer forms go first, so a secret that contains another is hidden whole.
+    """
+    forms: set[str] = set()
+    for secret in secrets:
+        if len(secret) >= MIN_SECRET_LEN:
+            forms |= secret_forms(secret)
+    for form in sorted(forms, key=len, reverse=True):
+        text = text.replace(form, "***")
+    return text
 
 
 @functools.cache

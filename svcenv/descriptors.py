@@ -9,12 +9,13 @@ and every default image can be replaced per descriptor (``image=``) or through
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import re
 import secrets
 import shlex
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
@@ -154,6 +155,12 @@ class Service:
             raise ConfigurationError(
                 f"service {self.name!r}: timeout must be a finite number of seconds > 0, got {self.timeout!r}"
             )
+        nul = next(self._nul_fields(), None)
+        if nul is not None:
+            raise ConfigurationError(
+                f"service {self.name!r}: {nul} contains a NUL character; no server can be given one "
+                "(a C string, an argv item, an environment variable and a password end at NUL)"
+            )
         if self.name in self.depends_on:
             raise ConfigurationError(f"service {self.name!r} cannot depend on itself")
         if self.backend not in (None, "auto", "docker", "local", "external"):
@@ -175,6 +182,19 @@ class Service:
             raise ConfigurationError(
                 f"service {self.name!r}: a one-shot service is not probed (it must exit with status 0); drop probe="
             )
+
+    def _nul_fields(self) -> Iterator[str]:
+        """The names of the fields (and env variables, argv items) that contain a NUL character."""
+        for item in dataclasses.fields(self):
+            value = getattr(self, item.name)
+            if isinstance(value, str) and "\0" in value:
+                yield item.name
+        for key, value in self.env.items():
+            if "\0" in key or "\0" in str(value):
+                yield f"env variable {key.replace(chr(0), '<NUL>')!r}"
+        for part in ("command", "entrypoint"):
+            if any("\0" in arg for arg in getattr(self, part) or ()):
+                yield part
 
     # -- what the environment asks of a descriptor -------------------------------------------
 

@@ -127,6 +127,7 @@ class Environment(_Scheduler):
         self._outcomes: dict[str, str] = {}
         self._followers: list[LogFollower] = []
         self._joined: dict[str, Callable[[], None]] = {}
+        self._secrets: set[str] = set()
         self._entries: dict[str, Record] = {}
         self._backends: dict[str, Backend] = {}
         self._instances: dict[str, Instance] = {}
@@ -336,6 +337,19 @@ class Environment(_Scheduler):
         for handle in primary.values():
             variables.update(handle.conventional_env_vars())
         return variables
+
+    def scrub(self, text: str) -> str:
+        """``text`` with every secret this environment knows as ``***`` (also URL-quoted or escaped forms).
+
+        For what svcenv does not print itself but a user may: a service's log, an exception, a
+        report. Secrets are the passwords svcenv generated or was given, and the values of
+        secret-named variables (``*PASSWORD*``, ``*TOKEN*``, ``*SECRET*``, ``*API_KEY*``, ...).
+        """
+        with self._lock:
+            handles = list(self._handles.values())
+        for handle in handles:  # an attached environment learns them here
+            self._learn(handle._resolved)
+        return self._scrub(text)
 
     def snapshot(self) -> dict[str, Any]:
         """A JSON-able description of the running services, secrets included, for :meth:`attach`.

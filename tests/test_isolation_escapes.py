@@ -78,3 +78,45 @@ def test_redis_teardown_flushes_its_own_db_even_after_select(pytester: pytest.Py
     pytester.makepyfile(test_select=REDIS_SELECT)
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", timeout=300)
     result.assert_outcomes(passed=2)
+
+
+PUBSUB_LONG = """
+import time
+
+def test_listens_long(redis_client):
+    listener = redis_client.pubsub()
+    listener.subscribe("news")  # stays subscribed for 8 s, while the other worker's test runs and ends
+    heard = []
+    deadline = time.monotonic() + 8
+    while time.monotonic() < deadline:
+        message = listener.get_message(timeout=0.2)
+        if message and message["type"] == "message":
+            heard.append(message["data"])
+    listener.close()
+"""
+
+PUBSUB_SHORT = """
+import time
+
+KEEP = []
+
+def test_listens_and_publishes(redis_client):
+    listener = redis_client.pubsub()
+    listener.subscribe("news")
+    KEEP.append(listener)  # still subscribed when the fixture's teardown looks
+    time.sleep(1)
+    redis_client.publish("news", "from the other worker")
+"""
+
+
+def test_pubsub_across_xdist_workers_is_detected_and_said(pytester: pytest.Pytester, docker_engine: None) -> None:
+    # Logical databases do not separate channels: the second worker's message reaches the first's
+    # subscriber. svcenv cannot rename the channels code under test uses; it detects and says so.
+    pytester.makepyfile(test_a_long=PUBSUB_LONG, test_b_short=PUBSUB_SHORT)
+    result = pytester.runpytest_subprocess(
+        "-p", "no:cacheprovider", "-n", "2", "--dist", "loadfile", "--svcenv-backend", "docker", timeout=300
+    )
+    result.assert_outcomes(passed=2)
+    text = result.stdout.str()
+    assert "pub/sub channels are server-wide" in text, text
+    assert "db 1: 1, db 2: 1" in text, text

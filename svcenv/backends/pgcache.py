@@ -32,7 +32,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any, cast
 
 from .._paths import cache_dir
-from .._util import NotYet, file_lock, flag, poll
+from .._util import NotYet, file_lock, flag, poll, scrub
 from ..errors import ServiceExited
 from .base import LABEL_ENVIRONMENT, LABEL_OWNER_HOST, LABEL_OWNER_PID, LABEL_OWNER_START, LABEL_VERSION
 
@@ -155,7 +155,8 @@ def _build(client: DockerClient, resolved: Resolved, key: str, labels: Mapping[s
         def seed_ready() -> None:
             seed.reload()
             if seed.attrs["State"]["Status"] == "exited":
-                raise ServiceExited(f"the cache seed exited: {seed.logs(tail=20).decode(errors='replace')}")
+                said = seed.logs(tail=20).decode(errors="replace")
+                raise ServiceExited(scrub(f"the cache seed exited: {said}", [password]))
             # Ready on TCP means the entrypoint finished initdb and its restart (its temporary server
             # listens on the unix socket only). Asked inside the seed: 127.0.0.1 there is the seed's own.
             argv = ["pg_isready", "-q", "-h", "127.0.0.1", "-p", "5432", "-U", user, "-d", dbname]

@@ -12,7 +12,7 @@ if TYPE_CHECKING:
 
     from ..handles import RedisHandle
 
-__all__ = ["claim_redis_db", "flush_redis", "flush_redis_db", "redis_db_for_worker"]
+__all__ = ["claim_redis_db", "flush_redis", "flush_redis_db", "redis_db_for_worker", "subscribers_by_db"]
 
 
 def redis_db_for_worker(worker: str | None = None, databases: int = 16) -> int:
@@ -57,14 +57,33 @@ def flush_redis(client: redis.Redis) -> None:
     client.flushdb()
 
 
-def flush_redis_db(handle: RedisHandle, db: int) -> None:
+def subscribers_by_db(client: redis.Redis) -> dict[int, int]:
+    """How many clients of each logical database are subscribed to a channel, pattern or shard channel.
+
+    Pub/sub is the one thing logical databases do not separate: a message published
+    from db 2 reaches a subscriber that connected to db 1. Subscribers in two
+    databases at once mean two xdist workers (or a worker and the app on db 0) can
+    hear each other.
+    """
+    found: dict[int, int] = {}
+    for entry in client.client_list():
+        if any(int(entry.get(kind, 0) or 0) for kind in ("sub", "psub", "ssub")):
+            db = int(entry.get("db", 0))
+            found[db] = found.get(db, 0) + 1
+    return found
+
+
+def flush_redis_db(handle: RedisHandle, db: int) -> dict[int, int]:
     """``FLUSHDB`` of logical database ``db``, on a connection of its own that says ``SELECT db`` first.
 
     Never through a client the code under test used: it may have switched that
     client's connections to another db (``SELECT 0``), whose data is not ours.
+    Returns :func:`subscribers_by_db` as seen just before (asked on the same connection).
     """
     client = handle.client(db=db, single_connection_client=True)
     try:
+        subscribers = subscribers_by_db(client)
         client.flushdb()
+        return subscribers
     finally:
         client.close()

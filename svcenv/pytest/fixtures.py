@@ -47,6 +47,8 @@ __all__ = ["IsolationWarning", "fixtures", "manager"]
 MANAGER = pytest.StashKey[Manager]()
 _F = TypeVar("_F", bound=Callable[..., Any])
 _ASYNC = importlib.util.find_spec("pytest_asyncio") is not None
+_PUBSUB_SAID: set[str] = set()
+"""Redis services whose shared pub/sub this process has warned about (once each)."""
 
 
 class IsolationWarning(UserWarning):
@@ -271,6 +273,21 @@ def _redis_fixtures(service: Service) -> dict[str, Any]:
         handle = request.getfixturevalue(f"{n}_service")
         return handle, redis_db_for_worker(worker(request.config))
 
+    def said_pubsub(subscribers: dict[int, int], db: int) -> None:
+        """Warn (once per process and service) when subscribers of two logical databases share the server's channels."""
+        if len(subscribers) < 2 or n in _PUBSUB_SAID:
+            return
+        _PUBSUB_SAID.add(n)
+        dbs = ", ".join(f"db {d}: {c}" for d, c in sorted(subscribers.items()))
+        warnings.warn(
+            f"svcenv: {n}: pub/sub channels are server-wide, and clients of more than one logical database "
+            f"were subscribed at once ({dbs}; this worker uses db {db}), so messages cross xdist workers. "
+            "Name channels per worker (e.g. with the db, redis_client.get_connection_kwargs()['db']) "
+            "or run those tests on one worker.",
+            IsolationWarning,
+            stacklevel=1,
+        )
+
     @_fixture(service, f"{n}_client")
     def client(request: pytest.FixtureRequest) -> Iterator[Any]:
         """A client on this worker's logical database, flushed (FLUSHDB) before and after the test."""
@@ -281,9 +298,12 @@ def _redis_fixtures(service: Service) -> dict[str, Any]:
         try:
             yield redis_client
         finally:
-            redis_client.close()
-            # Not through the test's client: code under test may have run SELECT on its connections.
-            flush_redis_db(handle, db)
+            try:
+                # Not through the test's client: code under test may have run SELECT on its connections.
+                # Before close(), which also ends the test's own subscriptions (they share its pool).
+                said_pubsub(flush_redis_db(handle, db), db)
+            finally:
+                redis_client.close()
 
     made: dict[str, Any] = {f"{n}_client": client}
     if _ASYNC:
@@ -300,8 +320,10 @@ def _redis_fixtures(service: Service) -> dict[str, Any]:
             try:
                 yield redis_client
             finally:
-                await redis_client.aclose()
-                flush_redis_db(handle, db)
+                try:
+                    said_pubsub(flush_redis_db(handle, db), db)
+                finally:
+                    await redis_client.aclose()
 
         made[f"{n}_async_client"] = async_client
     return made

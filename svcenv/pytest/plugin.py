@@ -156,7 +156,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
             tail = handle.logs(tail=lines)
         except Exception as exc:  # the service may be gone: say so instead of hiding the test's own failure
             tail = f"(its log could not be read: {exc})"
-        report.sections.append((f"svcenv: last {lines} lines of {handle.name}'s log", tail))
+        report.sections.append((f"svcenv: last {lines} lines of {handle.name}'s log", env.scrub(tail)))
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
