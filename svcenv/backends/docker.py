@@ -31,8 +31,11 @@ What svcenv does, and why:
   teardown stays bounded, and the reaper removes what is left once it answers again.
 * No Ryuk: the environment removes its containers by label on every exit path.
   If the owner dies (even by SIGKILL), a small reaper process
-  (:mod:`svcenv.backends._docker_reaper`) removes them instead; ``SVCENV_REAPER=0``
-  turns it off. Nothing depends on pulling Ryuk's image.
+  (:mod:`svcenv.backends._docker_reaper`) removes them instead: it watches the
+  owner's pipe and the owner process itself (a forked child that inherited the
+  pipe does not keep the containers alive), and a reaper that is killed is
+  started again by the owner. ``SVCENV_REAPER=0`` turns it off. Nothing depends
+  on pulling Ryuk's image.
 * Containers are removed with their anonymous volumes (the postgres image
   declares a ``VOLUME``).
 * The image checked, pulled or refused is the image created (see :func:`hub_image`).
@@ -43,16 +46,20 @@ What svcenv does, and why:
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import subprocess
 import sys
 import threading
+import time
+import warnings
+import weakref
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any, cast
+from typing import IO, TYPE_CHECKING, Any, cast
 
-from .._util import flag
+from .._util import flag, process_start
 from ..errors import BackendUnavailable, ConfigurationError, ServiceExited
 from .base import LABEL_ENVIRONMENT, Backend, Instance
 from .docker_container import create_container, follow_container, log_since, put_files, tar_of
@@ -83,6 +90,40 @@ PING_TIMEOUT = 5
 
 API_TIMEOUT = 60
 """Seconds any later call to the engine may take (docker-py's default)."""
+
+REARMS = 5
+"""How many times a reaper that exits while armed is started again within :data:`REARM_WINDOW_S`."""
+
+REARM_WINDOW_S = 60.0
+
+_BACKENDS: weakref.WeakSet[DockerBackend] = weakref.WeakSet()
+"""Every Docker backend of this process: a fork's child makes each forget its reaper."""
+
+_exiting = False
+"""Set at interpreter exit: a reaper that ends then is not started again."""
+
+
+def _forget_reapers_in_child() -> None:
+    for backend in list(_BACKENDS):
+        backend._after_fork_in_child()
+
+
+def _at_exit() -> None:
+    global _exiting
+    _exiting = True
+
+
+os.register_at_fork(after_in_child=_forget_reapers_in_child)
+atexit.register(_at_exit)
+
+
+def _watch_reaper(backend_ref: weakref.ref[DockerBackend], reaper: subprocess.Popen[bytes]) -> None:
+    """A watcher thread: wait for ``reaper`` to exit, then tell its backend (unless that is gone)."""
+    with contextlib.suppress(Exception):  # a daemon thread has no one to report to
+        reaper.wait()
+        backend = backend_ref()
+        if backend is not None:
+            backend._reaper_ended(reaper)
 
 
 class DockerInstance(Instance):
@@ -224,6 +265,11 @@ class DockerBackend(Backend):
         self._docker_host: str | None = None
         self._error: BackendUnavailable | None = None
         self._reaper: subprocess.Popen[bytes] | None = None
+        self._reaper_stdin: IO[bytes] | None = None
+        """The write end of the reaper's stdin (held here, not by the Popen, which its watcher holds)."""
+        self._reaper_env = ""
+        self._rearms: list[float] = []
+        """When the reaper was started again in the last :data:`REARM_WINDOW_S` seconds."""
         self._reaper_lock = threading.Lock()  # services are created from several threads at once
         self._shared = Shared()
         self._lock = threading.Lock()
@@ -231,35 +277,117 @@ class DockerBackend(Backend):
         """Environment id -> networks of the reused services it attached (its new containers join them)."""
         self._build_failures: dict[str, Exception] = {}
         """Service name -> why :meth:`prepare` could not build its image (raised again by create)."""
+        _BACKENDS.add(self)
 
     def _arm_reaper(self, env_id: str) -> None:
-        """Start the process that removes this environment's containers if this process dies."""
+        """Start the process that removes this environment's containers if this process dies.
+
+        A daemon thread watches it: killed (or ended) while still armed, it is started again, at
+        most :data:`REARMS` times in :data:`REARM_WINDOW_S` seconds; after that a
+        :class:`~svcenv.TeardownWarning` says the environment is no longer protected.
+        """
         if not flag("SVCENV_REAPER", default=True):
             return
         with self._reaper_lock:
             if self._reaper is not None:
                 return
-            env = dict(os.environ)
-            env.pop("DOCKER_HOST", None)
-            if self._docker_host:  # the engine this backend uses, whatever DOCKER_HOST says by now
-                env["DOCKER_HOST"] = self._docker_host
-            self._reaper = subprocess.Popen(
-                [sys.executable, "-m", "svcenv.backends._docker_reaper", env_id],
-                env=env,
-                stdin=subprocess.PIPE,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-                start_new_session=True,  # a Ctrl-C for the owner's process group must not reach it
+            self._start_reaper(env_id)
+
+    def _start_reaper(self, env_id: str) -> None:
+        """Start a reaper for ``env_id`` and its watcher (the caller holds ``_reaper_lock``)."""
+        env = dict(os.environ)
+        env.pop("DOCKER_HOST", None)
+        if self._docker_host:  # the engine this backend uses, whatever DOCKER_HOST says by now
+            env["DOCKER_HOST"] = self._docker_host
+        owner = os.getpid()
+        reaper = subprocess.Popen(
+            [sys.executable, "-m", "svcenv.backends._docker_reaper", env_id, str(owner), process_start(owner) or "-"],
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            bufsize=0,  # `disarm` goes out at once: nothing is left in a buffer a fork could copy
+            start_new_session=True,  # a Ctrl-C for the owner's process group must not reach it
+        )
+        # The backend alone holds the write end (the watcher holds the Popen): a backend that is
+        # garbage-collected unstopped closes it, and the reaper reaps, as before there was a watcher.
+        self._reaper_stdin, reaper.stdin = reaper.stdin, None
+        self._reaper = reaper
+        self._reaper_env = env_id
+        watcher = threading.Thread(
+            target=_watch_reaper,
+            args=(weakref.ref(self), reaper),
+            name=f"svcenv-reaper-watch-{env_id[:12]}",
+            daemon=True,  # never keeps the interpreter alive; blocked in waitpid, it is abandoned at exit
+        )
+        watcher.start()
+
+    def _reaper_ended(self, reaper: subprocess.Popen[bytes]) -> None:
+        """The watcher's report: ``reaper`` exited. Start another if it was still armed (not disowned)."""
+        with self._reaper_lock:
+            if self._reaper is not reaper or _exiting:
+                return  # disowned, closed, replaced, or this process is exiting: nothing to protect
+            now = time.monotonic()
+            self._rearms = [t for t in self._rearms if now - t < REARM_WINDOW_S]
+            self._forget_reaper()
+            env_id = self._reaper_env
+            why = (
+                f"ended (status {reaper.returncode}) again after {REARMS} restarts within {REARM_WINDOW_S:.0f}s"
+                " and was not started again"
             )
+            if len(self._rearms) < REARMS:
+                self._rearms.append(now)
+                try:
+                    self._start_reaper(env_id)
+                    return
+                except (OSError, subprocess.SubprocessError) as exc:
+                    why = f"exited (status {reaper.returncode}) and could not be started again: {exc}"
+        from ..environment import TeardownWarning
+
+        warnings.warn(
+            f"svcenv: the Docker reaper of environment {env_id} {why}: the environment is no longer "
+            "protected against a crash of its owner; if this process dies, `python -m svcenv prune` "
+            "removes what is left",
+            TeardownWarning,
+            stacklevel=1,
+        )
+
+    def _forget_reaper(self) -> None:
+        """Drop the reaper without a word to it (closing our write end; the caller holds the lock)."""
+        stdin, self._reaper_stdin, self._reaper = self._reaper_stdin, None, None
+        if stdin is not None:
+            with contextlib.suppress(OSError):
+                stdin.close()
+
+    def _after_fork_in_child(self) -> None:
+        """In a fork of the owner: close the child's copy of the reaper's pipe and forget the reaper.
+
+        The child must neither keep the reaper from seeing its owner's end nor disarm it. The
+        descriptor is replaced by /dev/null rather than closed, so that the file object, whenever it
+        is collected, closes that and not some later descriptor with the same number.
+        """
+        self._reaper_lock = threading.Lock()  # another thread of the parent may have held it
+        stdin, self._reaper_stdin, self._reaper = self._reaper_stdin, None, None
+        self._rearms = []
+        if stdin is not None:
+            with contextlib.suppress(OSError, ValueError):
+                devnull = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
+                try:
+                    os.dup2(devnull, stdin.fileno(), inheritable=False)
+                finally:
+                    os.close(devnull)
 
     def disown(self) -> None:
         """Disarm the reaper: the containers may outlive this process (they are still removed by stop())."""
-        with self._reaper_lock:
-            reaper, self._reaper = self._reaper, None
-        if reaper is not None and reaper.stdin is not None:
+        with self._reaper_lock:  # the watcher re-arms under it too: after this, nothing re-arms
+            reaper, stdin = self._reaper, self._reaper_stdin
+            self._reaper = self._reaper_stdin = None
+        if stdin is not None:
             with contextlib.suppress(OSError):
-                reaper.stdin.write(b"disarm")
-                reaper.stdin.close()
+                stdin.write(b"disarm")
+            with contextlib.suppress(OSError):
+                stdin.close()
+        if reaper is not None:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 reaper.wait(timeout=5)
 
