@@ -69,8 +69,23 @@ DML = [
     "SELECT count(*) FROM child",
     "COMMIT",  # raw: ends the transaction psycopg opened
 ]
-OTHER = [
+CREATED = [  # objects a test makes that a reset drops again (outcome "undone")
     "CREATE TABLE extra (x int)",
+    "CREATE TABLE linked (id serial PRIMARY KEY, parent_id int REFERENCES parent (id), body text)",
+    "CREATE TABLE linked (id int); INSERT INTO linked VALUES (1)",
+    "CREATE VIEW child_notes AS SELECT note FROM child",
+    "CREATE SCHEMA s3; CREATE TABLE s3.t (x int); CREATE VIEW s3.v AS SELECT * FROM s3.t",
+    "CREATE FUNCTION twice(int) RETURNS int LANGUAGE sql AS 'SELECT $1 * 2'",
+    "CREATE TYPE pair AS (a int, b int)",
+    "CREATE TYPE colour AS ENUM ('red'); CREATE TABLE painted (c colour)",
+    "CREATE DOMAIN positive AS int CHECK (VALUE > 0)",
+    "CREATE SEQUENCE counter",
+    "CREATE INDEX ON parent (name)",
+    "CREATE TABLE measures_c PARTITION OF measures FOR VALUES FROM (200) TO (300)",
+    "CREATE TABLE gone (x int); DROP TABLE gone",
+]
+OTHER = [
+    *CREATED,
     "ALTER TABLE parent ADD COLUMN extra int",
     "CREATE INDEX ON child (note)",
     "DROP VIEW parent_names",
@@ -254,7 +269,7 @@ def test_every_handed_out_database_equals_the_template(
 
     @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow], database=None)
     @given(
-        ops=st.lists(st.sampled_from(DML * 3 + OTHER), max_size=5),
+        ops=st.lists(st.sampled_from(DML * 3 + CREATED * 2 + OTHER), max_size=5),
         end=st.sampled_from(["commit", "rollback", "left open"]),
     )
     def one_test(ops: list[str], end: str) -> None:
@@ -285,6 +300,7 @@ def test_every_handed_out_database_equals_the_template(
     assert outcomes.get("untouched", 0) > 0, outcomes
     assert outcomes.get("reset", 0) > 0, outcomes
     assert outcomes.get("cloned", 0) > 0, outcomes
+    assert outcomes.get("undone", 0) > 0, outcomes
 
 
 def _cycle(pool: PostgresTemplate, body: Callable[[psycopg.Connection[Any]], object]) -> tuple[str, str]:
@@ -308,7 +324,21 @@ def _cycle(pool: PostgresTemplate, body: Callable[[psycopg.Connection[Any]], obj
         ("INSERT INTO parent (name) VALUES ('z'); COMMIT", "reset"),
         ("INSERT INTO parent (name) VALUES ('z')", "reset"),  # left open: rolled back by the close, still counted
         ("SELECT nextval('tickets')", "reset"),
-        ("CREATE TABLE t (x int); COMMIT", "cloned"),
+        ("CREATE TABLE t (x int); COMMIT", "undone"),
+        (
+            "CREATE TABLE t (id serial PRIMARY KEY, p int REFERENCES parent (id)); INSERT INTO t (p) VALUES (1)",
+            "undone",
+        ),
+        (
+            "CREATE SCHEMA s; CREATE TABLE s.t (x int); CREATE FUNCTION s.f() RETURNS int LANGUAGE sql AS 'SELECT 1'",
+            "undone",
+        ),
+        ("CREATE TABLE t (x int); COMMENT ON TABLE t IS 'c'; INSERT INTO parent (name) VALUES ('z')", "undone"),
+        ("ALTER TABLE parent ADD COLUMN extra int; COMMIT", "cloned"),
+        ("COMMENT ON TABLE parent IS 'changed'; COMMIT", "cloned"),
+        ("CREATE TRIGGER t2 AFTER INSERT ON child FOR EACH ROW EXECUTE FUNCTION log_parent(); COMMIT", "cloned"),
+        ("DROP VIEW parent_names; COMMIT", "cloned"),
+        ("CREATE TEMP TABLE tmp (x int); COMMIT", "cloned"),
         ("TRUNCATE audit; COMMIT", "cloned"),
         ("SELECT pg_stat_reset()", "cloned"),
     ],

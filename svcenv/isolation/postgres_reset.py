@@ -34,19 +34,33 @@ the proof comes from the server's own bookkeeping.
 4. **Sequences** are not counted, so each one's ``last_value``/``is_called`` is
    read and compared with the template's.
 
+5. **Objects the test created are dropped, and the catalogs prove it.** When
+   the counters show catalog writes (DDL), the objects that are not the
+   template's (relations, indexes, views, sequences, types, functions and
+   schemas whose oid the template does not have) are dropped (``RESTRICT``:
+   nothing of the template may depend on them). Then every catalog the test
+   wrote must hold exactly the template's number of rows and no row version
+   younger than the transaction id taken at hand-out: an altered, commented,
+   granted or dropped template object, a trigger on a template table, a temp
+   schema, statistics from ``ANALYZE``, anything not dropped, fails that, and
+   the database is dropped instead.
+
 No changes at all: handed out as it is. Only user tables written (and
 sequences moved): those tables, plus every table that references them by
 foreign key, are emptied with ``TRUNCATE ONLY`` and the template's rows are
 copied back in (triggers off: ``session_replication_role = replica``), and
-sequences are set back with ``setval``. That needs the template's rows in
+sequences are set back with ``setval``. Objects created (step 5): dropped
+first, in the same transaction. That needs the template's rows in
 memory, so it applies when the written tables' template data is small
 (:data:`MAX_TEMPLATE_BYTES` in all), none of them has an ``ENABLE ALWAYS``
 trigger, and the pool's role is a superuser on PostgreSQL 15 or later.
 Otherwise, and when the reset itself fails: dropped.
 
 What a reset database does not share with a fresh clone: physical layout
-(``ctid``, relfilenodes, free space) and planner statistics, exactly what any
-VACUUM or ANALYZE changes too. Row contents, their order in a sequential scan
+(``ctid``, relfilenodes, free space, oids of objects created later) and planner
+statistics, exactly what any VACUUM or ANALYZE changes too (an index created on
+a template table and dropped again leaves ``pg_class.relhasindex`` set, which
+the server updates in place, as VACUUM would). Row contents, their order in a sequential scan
 of an unmodified table, the schema, ACLs and sequences are the template's.
 
 ``SVCENV_POSTGRES_RESET=0`` turns recycling off (every database is dropped and
@@ -72,6 +86,8 @@ __all__ = [
     "MAX_TEMPLATE_BYTES",
     "RESET_ENV",
     "Baseline",
+    "Changes",
+    "ResetRefused",
     "TemplateState",
     "drop_database",
     "recycle",
@@ -91,15 +107,22 @@ _USER_RELATIONS = """
       AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%'
 """
 _SNAPSHOT = b"""
-SELECT d.tup_inserted, d.tup_updated, d.tup_deleted, d.stats_reset::text,
-       (SELECT coalesce(json_agg(json_build_array(s.relid::bigint, n_tup_ins, n_tup_upd, n_tup_del)), '[]')
-          FROM pg_stat_all_tables s JOIN pg_class c ON c.oid = s.relid
-         WHERE n_tup_ins + n_tup_upd + n_tup_del > 0 AND NOT c.relisshared)
-FROM pg_stat_database d WHERE d.datid = (SELECT oid FROM pg_database WHERE datname = current_database())
+SELECT pg_stat_get_db_tuples_inserted(d.oid), pg_stat_get_db_tuples_updated(d.oid),
+       pg_stat_get_db_tuples_deleted(d.oid), pg_stat_get_db_stat_reset_time(d.oid)::text,
+       pg_current_xact_id()::xid::text,
+       (SELECT coalesce(json_agg(json_build_array(oid::bigint, i, u, x)), '[]')
+          FROM (SELECT c.oid, pg_stat_get_tuples_inserted(c.oid) AS i, pg_stat_get_tuples_updated(c.oid) AS u,
+                       pg_stat_get_tuples_deleted(c.oid) AS x
+                  FROM pg_class c WHERE c.relkind IN ('r', 't', 'm', 'p') AND NOT c.relisshared) counted
+         WHERE i + u + x > 0)
+FROM pg_database d WHERE d.datname = current_database()
 """
+"""The counters ``pg_stat_database`` and ``pg_stat_all_tables`` show, read by their functions: the views
+compute some twenty more per relation (and join ``pg_index``), a cost every recycle paid twice."""
+_BACKENDS = b"SELECT pg_stat_get_db_numbackends(oid) FROM pg_database WHERE datname = %s"
 DATABASE_CHECK = b"""
 SELECT (to_jsonb(d) - '{oid,datname,datfrozenxid,datminmxid}'::text[])::text,
-       (SELECT count(*) FROM pg_stat_activity a WHERE a.datid = d.oid),
+       pg_stat_get_db_numbackends(d.oid),
        EXISTS (SELECT FROM pg_db_role_setting s WHERE s.setdatabase = d.oid)
        OR EXISTS (SELECT FROM pg_shdescription s WHERE s.objoid = d.oid AND s.classoid = 'pg_database'::regclass)
        OR EXISTS (SELECT FROM pg_shseclabel s WHERE s.objoid = d.oid AND s.classoid = 'pg_database'::regclass)
@@ -118,6 +141,57 @@ def reset_enabled(flag: bool | None) -> bool:
     return os.environ.get(RESET_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
 
 
+_NEW_OBJECTS = {
+    "pg_class": "SELECT 'rel', c.oid::bigint, c.relkind::text, quote_ident(n.nspname) || '.' || quote_ident(c.relname)"
+    " FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+    " WHERE c.oid > %(after)s AND n.nspname NOT LIKE 'pg\\_toast%%' AND n.nspname NOT LIKE 'pg\\_temp%%'",
+    "pg_type": "SELECT 'type', t.oid::bigint, t.typtype::text, quote_ident(n.nspname) || '.' || quote_ident(t.typname)"
+    " FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace"
+    " WHERE t.oid > %(after)s AND t.typrelid = 0 AND t.typelem = 0 AND t.typtype <> 'm'"
+    " AND n.nspname NOT LIKE 'pg\\_temp%%'",
+    "pg_proc": "SELECT 'routine', p.oid::bigint, p.prokind::text, p.oid::regprocedure::text"
+    " FROM pg_proc p WHERE p.oid > %(after)s",
+    "pg_namespace": "SELECT 'schema', n.oid::bigint, '', quote_ident(n.nspname) FROM pg_namespace n"
+    " WHERE n.oid > %(after)s AND n.nspname NOT LIKE 'pg\\_temp%%' AND n.nspname NOT LIKE 'pg\\_toast\\_temp%%'",
+}
+"""Objects of the kinds a reset can drop with an oid above ``after``, by the catalog that lists them:
+(kind, oid, sub, name).
+
+Oids come from one counter, so what a test creates has a higher oid than anything of the template (16383,
+FirstNormalObjectId - 1, finds them all); the oid indexes make this cheap. An object that got a lower oid
+(the counter wrapped) is not dropped, and the proof of step 5 then refuses the database.
+"""
+
+_DROPS = (  # (kind, subkinds, statement): an order in which a RESTRICT drop of objects made in one test succeeds
+    ("rel", "v", "DROP VIEW IF EXISTS {}"),
+    ("rel", "m", "DROP MATERIALIZED VIEW IF EXISTS {}"),
+    ("rel", "f", "DROP FOREIGN TABLE IF EXISTS {}"),
+    ("rel", "rp", "DROP TABLE IF EXISTS {}"),
+    ("rel", "S", "DROP SEQUENCE IF EXISTS {}"),
+    ("rel", "iI", "DROP INDEX IF EXISTS {}"),
+    ("routine", "fpaw", "DROP ROUTINE IF EXISTS {}"),
+    ("rel", "c", "DROP TYPE IF EXISTS {}"),
+    ("type", "d", "DROP DOMAIN IF EXISTS {}"),
+    ("type", "ebrp", "DROP TYPE IF EXISTS {}"),
+    ("schema", "", "DROP SCHEMA IF EXISTS {}"),
+)
+
+
+@dataclass(frozen=True)
+class Changes:
+    """What a test changed that a reset can take back."""
+
+    tables: set[int]
+    """User tables to truncate and refill (with the tables that reference them)."""
+    sequences: list[int]
+    """Template sequences to set back."""
+    catalogs: set[int]
+    """System catalogs written (DDL): objects to drop, then the proof of step 5."""
+
+    def __bool__(self) -> bool:
+        return bool(self.tables or self.sequences or self.catalogs)
+
+
 @dataclass(frozen=True)
 class Table:
     name: str  # schema-qualified and quoted
@@ -134,6 +208,12 @@ class TemplateState:
     closure: dict[int, frozenset[int] | None]  # table -> it and every table referencing it (None: unresettable)
     sequences: dict[int, tuple[str, int, bool]]  # oid -> (name, last_value, is_called)
     sequence_query: bytes | None = None
+    catalogs: dict[int, tuple[str, int]] = field(default_factory=dict)
+    """The database's own system catalogs: oid -> (name, rows in the template)."""
+    objects: dict[str, frozenset[int]] = field(default_factory=dict)
+    """The template's user-made objects of each kind of :data:`_NEW_OBJECTS` (its oids)."""
+    max_oid: int = 16383
+    """The highest of those oids."""
 
     @classmethod
     def capture(cls, conn: psycopg.Connection[Any], signature: str) -> TemplateState | None:
@@ -174,6 +254,22 @@ class TemplateState:
             " AND c.relkind = 'S' ORDER BY c.oid".encode()
         ).fetchall()
         state = cls(signature, tables, toast, {t: _closure(t, referencing, tables) for t in tables}, sequences)
+        catalogs = conn.execute(
+            b"SELECT c.oid, c.relname, c.reltoastrelid FROM pg_class c"
+            b" WHERE c.relnamespace = 'pg_catalog'::regnamespace AND c.relkind = 'r' AND NOT c.relisshared"
+        ).fetchall()
+        # The catalogs' own names (relname from pg_class in pg_catalog), not user input.
+        union = " UNION ALL ".join(f"SELECT {oid}::oid, count(*) FROM pg_catalog.{n}" for oid, n, _ in catalogs)  # noqa: S608
+        counts = conn.execute(union.encode()).fetchall()
+        catalog_names = {oid: name for oid, name, _ in catalogs}
+        state.catalogs = {oid: (catalog_names[oid], count) for oid, count in counts}
+        state.toast_owner.update({toast_oid: oid for oid, _, toast_oid in catalogs if toast_oid})
+        found: dict[str, set[int]] = {}
+        every = " UNION ALL ".join(_NEW_OBJECTS.values()).encode()
+        for kind, oid, _, _ in conn.execute(every, {"after": 16383}).fetchall():
+            found.setdefault(kind, set()).add(oid)
+        state.objects = {kind: frozenset(oids) for kind, oids in found.items()}
+        state.max_oid = max((oid for oids in found.values() for oid in oids), default=16383)
         if names:
             state.sequence_query = " UNION ALL ".join(
                 f"SELECT {oid}::oid, last_value, is_called FROM {name}"  # noqa: S608 (quote_ident-ed names)
@@ -184,13 +280,16 @@ class TemplateState:
                 sequences[oid] = (by_oid[oid], last_value, is_called)
         return state
 
-    def changes(self, conn: psycopg.Connection[Any], baseline: Baseline) -> tuple[set[int], list[int]] | None:
-        """(tables to reset, sequences to set back), or None when the database cannot be proved resettable."""
+    def changes(self, conn: psycopg.Connection[Any], baseline: Baseline) -> Changes | None:
+        """What the test changed, or None when the database cannot be proved resettable."""
         now = Baseline.take(conn, baseline.epoch, flush=False)
         if now.stats_reset != baseline.stats_reset or set(baseline.relations) - set(now.relations):
             return None
         summed = [0, 0, 0]
         written: set[int] = set()
+        catalogs: set[int] = set()
+        created = False
+        template_relations = self.objects.get("rel", frozenset())
         for rel, counts in now.relations.items():
             before = baseline.relations.get(rel, (0, 0, 0))
             delta = [a - b for a, b in zip(counts, before, strict=True)]
@@ -200,11 +299,18 @@ class TemplateState:
                 continue
             summed = [s + d for s, d in zip(summed, delta, strict=True)]
             owner = self.toast_owner.get(rel, rel)
-            if owner not in self.tables:
-                return None  # a catalog (DDL, GRANT, TRUNCATE, temp objects, large objects...) or unknown relation
-            written.add(owner)
-        if summed != [a - b for a, b in zip(now.totals, baseline.totals, strict=True)]:
-            return None  # writes to a relation that no longer exists
+            if owner in self.tables:
+                written.add(owner)
+            elif owner in self.catalogs:
+                catalogs.add(owner)  # DDL, GRANT, COMMENT, TRUNCATE, ANALYZE, temp objects, large objects...
+            elif owner in template_relations:
+                return None  # e.g. a materialized view of the template, refreshed
+            else:
+                created = True  # a relation the test made: dropped with the rest, or the proof fails
+        if created and not catalogs:
+            return None
+        if not catalogs and summed != [a - b for a, b in zip(now.totals, baseline.totals, strict=True)]:
+            return None  # writes to a relation that no longer exists (with DDL, the proof of step 5 says)
         resets: set[int] = set()
         for table in written:
             closure = self.closure[table]
@@ -216,12 +322,20 @@ class TemplateState:
             for oid, last_value, is_called in conn.execute(self.sequence_query):
                 if self.sequences[oid][1:] != (last_value, is_called):
                     moved.append(oid)
-        return resets, moved
+        return Changes(resets, moved, catalogs)
 
-    def reset(self, conn: psycopg.Connection[Any], tables: set[int], sequences: list[int]) -> None:
-        """Put the template's rows back into ``tables`` and its values into ``sequences``."""
+    def reset(self, conn: psycopg.Connection[Any], changes: Changes, boundary: str) -> None:
+        """Drop what the test created (and prove the catalogs are the template's), then put the template's
+        rows back into the written tables and its values into the moved sequences.
+
+        ``boundary`` is the transaction id taken at hand-out: every row version the test made is younger.
+        Raises :class:`ResetRefused` when the proof fails (the database must then be dropped).
+        """
         with conn.transaction():
-            conn.execute(b"SET LOCAL session_replication_role = replica")  # no user or FK triggers fire
+            conn.execute(b"SET LOCAL session_replication_role = replica")  # no user, FK or event triggers fire
+            if changes.catalogs:
+                self._undo_ddl(conn, changes.catalogs, boundary)
+            tables, sequences = changes.tables, changes.sequences
             if tables:
                 conn.execute(f"TRUNCATE ONLY {', '.join(self.tables[t].name for t in sorted(tables))}".encode())
             for oid in sorted(tables):
@@ -233,6 +347,34 @@ class TemplateState:
                 calls = ", ".join(f"setval({oid}::oid, %s, %s)" for oid in sequences)
                 args = [v for oid in sequences for v in self.sequences[oid][1:]]
                 conn.execute(f"SELECT {calls}".encode(), args)
+
+    def _undo_ddl(self, conn: psycopg.Connection[Any], catalogs: set[int], boundary: str) -> None:
+        """Step 5 of the rule: drop the objects that are not the template's, then prove ``catalogs`` are."""
+        new: dict[str, list[tuple[str, str]]] = {}
+        written = {self.catalogs[oid][0] for oid in catalogs}
+        # An object is made with a row in the catalog that lists it: look only where the test wrote.
+        query = " UNION ALL ".join(part for catalog, part in _NEW_OBJECTS.items() if catalog in written)
+        found = conn.execute(query.encode(), {"after": self.max_oid}).fetchall() if query else []
+        for kind, oid, sub, name in found:
+            if oid not in self.objects.get(kind, frozenset()):
+                new.setdefault(kind, []).append((sub, name))
+        for kind, subs, statement in _DROPS:
+            names = [name for sub, name in new.get(kind, ()) if sub in subs]
+            if names:
+                conn.execute(statement.format(", ".join(names)).encode())
+        proof = " UNION ALL ".join(
+            f"SELECT {oid}::oid, count(*), count(*) FILTER (WHERE age(xmin) <= age(%(b)s::xid))"  # noqa: S608
+            f" FROM pg_catalog.{self.catalogs[oid][0]}"
+            for oid in sorted(catalogs)
+        )
+        for oid, rows, younger in conn.execute(proof.encode(), {"b": boundary}).fetchall():
+            name, expected = self.catalogs[oid]
+            if younger or rows != expected:
+                raise ResetRefused(f"{name}: {rows} rows ({expected} in the template), {younger} made by the test")
+
+
+class ResetRefused(Exception):
+    """The catalogs of a returned database could not be proved to be the template's."""
 
 
 def _closure(table: int, referencing: dict[int, set[int]], tables: dict[int, Table]) -> frozenset[int] | None:
@@ -257,6 +399,8 @@ class Baseline:
     totals: tuple[int, int, int]
     stats_reset: str | None
     relations: dict[int, tuple[int, int, int]] = field(default_factory=dict)
+    xid: str = "0"
+    """A transaction id taken with the counters: every row version made after them is younger."""
 
     @classmethod
     def take(cls, conn: psycopg.Connection[Any], epoch: int, flush: bool = True) -> Baseline:
@@ -269,8 +413,8 @@ class Baseline:
             conn.execute(b"SELECT pg_stat_force_next_flush()")
         row = conn.execute(_SNAPSHOT).fetchone()
         assert row is not None
-        ins, upd, dele, stats_reset, relations = row
-        return cls(epoch, (ins, upd, dele), stats_reset, {r[0]: (r[1], r[2], r[3]) for r in relations})
+        ins, upd, dele, stats_reset, xid, relations = row
+        return cls(epoch, (ins, upd, dele), stats_reset, {r[0]: (r[1], r[2], r[3]) for r in relations}, xid)
 
 
 def recycle(
@@ -283,20 +427,24 @@ def recycle(
 ) -> tuple[str, psycopg.Connection[Any], Baseline, str] | str:
     """Apply the module's rule to the returned database ``name``.
 
-    Returns (new name, an open connection to it, its baseline, ``"untouched"`` or
-    ``"reset"``) when it may be handed out again as ``renamed``, else the name to drop
+    Returns (new name, an open connection to it, its baseline, ``"untouched"``,
+    ``"reset"`` or ``"undone"`` (objects the test created were dropped)) when it
+    may be handed out again as ``renamed``, else the name to drop
     it by (``name``, or ``renamed`` once it was renamed).
     """
     from .._util import NotYet, poll
 
-    def nobody_on_it() -> tuple[Any, ...] | None:
-        row = admin.execute(DATABASE_CHECK, (name,)).fetchone()
-        if row is not None and row[1]:
-            raise NotYet(f"{row[1]} backends still on {name}")
-        return row
+    def nobody_on_it() -> None:
+        row = admin.execute(_BACKENDS, (name,)).fetchone()
+        if row is not None and row[0]:
+            raise NotYet(f"{row[0]} backends still on {name}")
 
     try:
-        row = poll(nobody_on_it, 0.5, first=0.001, cap=0.002)
+        with suppress(NotYet):  # still someone on it: the check below says so
+            poll(nobody_on_it, 0.5, first=0.001, cap=0.002)
+        row = admin.execute(DATABASE_CHECK, (name,)).fetchone()
+        if row is not None and row[1]:
+            return name
         if row is None or row[2] or row[0] != state.signature:
             return name
         admin.execute(f"ALTER DATABASE {ident(name)} RENAME TO {ident(renamed)}".encode())
@@ -311,12 +459,11 @@ def recycle(
         if found is None:
             conn.close()
             return renamed
-        tables, sequences = found
-        if tables or sequences:
-            state.reset(conn, tables, sequences)
+        if found:
+            state.reset(conn, found, baseline.xid)
             baseline = Baseline.take(conn, baseline.epoch)
         conn.autocommit = False
-        return renamed, conn, baseline, "reset" if tables or sequences else "untouched"
+        return renamed, conn, baseline, ("undone" if found.catalogs else "reset") if found else "untouched"
     except Exception as exc:
         log.debug("svcenv: could not reset %s (%s); it is dropped", renamed, exc)
         conn.close()
