@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 import math
 import os
@@ -16,7 +15,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from typing import TYPE_CHECKING, Any
 
-from .._util import owner_identity, pid_alive, process_start
 from .postgres_reset import (
     DATABASE_CHECK,
     Baseline,
@@ -36,7 +34,6 @@ if TYPE_CHECKING:
     from ..handles import PostgresHandle
 
 __all__ = [
-    "MARK",
     "PostgresTemplate",
     "Setup",
     "escaped",
@@ -44,98 +41,7 @@ __all__ = [
     "rolled_back",
     "run_setup",
     "savepoint_connection",
-    "sweep_abandoned",
 ]
-
-log = logging.getLogger("svcenv")
-
-PREFIXES = ("svcenv_tpl_", "svcenv_t_")
-"""The names svcenv gives templates and clones; :func:`sweep_abandoned` looks at no others."""
-MARK = "svcenv owner "
-"""What a database's comment starts with when svcenv made it; JSON naming the process that did follows:
-``{"identity": owner_identity(), "pid": …, "start": process_start(pid)}`` (and ``"parent"``, the same for the
-xdist controller, on a template that the run's workers share)."""
-
-_MARKED = b"""
-SELECT d.datname, shobj_description(d.oid, 'pg_database') FROM pg_database d
- WHERE (starts_with(d.datname, 'svcenv_tpl_') OR starts_with(d.datname, 'svcenv_t_'))
-   AND starts_with(shobj_description(d.oid, 'pg_database'), 'svcenv owner ')
-"""
-_TERMINATE = b"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()"
-
-
-def owner_mark(parent: bool = False) -> str:
-    """The comment that marks a database as this process's (with ``parent``: also its parent's)."""
-    pid = os.getpid()
-    owner: dict[str, Any] = {"identity": owner_identity(), "pid": pid, "start": process_start(pid)}
-    if parent:
-        ppid = os.getppid()
-        owner["parent"] = {"pid": ppid, "start": process_start(ppid)}
-    return MARK + json.dumps(owner, sort_keys=True)
-
-
-def _gone(process: object) -> bool:
-    """Whether ``{"pid", "start"}`` is provably gone: not running, or a later process with its pid."""
-    if not isinstance(process, dict):
-        return False
-    pid, start = process.get("pid"), process.get("start")
-    if not isinstance(pid, int) or isinstance(pid, bool) or not (start is None or isinstance(start, str)):
-        return False
-    if not pid_alive(pid):
-        return True
-    now = process_start(pid)
-    return start is not None and now is not None and now != start
-
-
-def owner_gone(comment: str | None) -> bool:
-    """Whether ``comment`` is svcenv's :data:`MARK` and every process it names is provably gone.
-
-    Only an owner of this host and pid namespace (:func:`~svcenv._util.owner_identity`) is judged;
-    another comment, a malformed mark or an owner elsewhere: False.
-    """
-    if not comment or not comment.startswith(MARK):
-        return False
-    try:
-        owner = json.loads(comment[len(MARK) :])
-    except ValueError:
-        return False
-    if not isinstance(owner, dict) or owner.get("identity") != owner_identity():
-        return False
-    return _gone(owner) and ("parent" not in owner or _gone(owner["parent"]))
-
-
-def sweep_abandoned(admin: psycopg.Connection[Any], handle: PostgresHandle | None = None) -> list[str]:
-    """Drop the templates and clones that killed runs left on the server; their names.
-
-    Only databases with an svcenv name (:data:`PREFIXES`) and svcenv's mark whose owner is provably
-    gone (:func:`owner_gone`): a database without the mark, of a running owner or of an owner this
-    host cannot judge stays. Their connections are terminated first. ``admin`` is an autocommit
-    connection; with ``handle``, prepared transactions left on such a database are rolled back.
-    """
-    try:
-        rows = admin.execute(_MARKED).fetchall()
-    except Exception as exc:  # e.g. no starts_with (PostgreSQL < 11): nothing is swept
-        log.debug("svcenv: cannot look for abandoned databases (%s)", exc)
-        return []
-    dropped: list[str] = []
-    for name, comment in rows:
-        if not str(name).startswith(PREFIXES) or not owner_gone(comment):
-            continue
-        try:
-            admin.execute(_TERMINATE, (name,))
-            try:
-                drop_database(admin, name, patience=0)
-            except Exception:
-                if handle is None or not rollback_prepared(admin, handle, name):
-                    raise
-                drop_database(admin, name, patience=0)
-        except Exception as exc:  # another role's, or another run drops it right now
-            log.debug("svcenv: could not drop abandoned database %s (%s)", name, exc)
-            continue
-        dropped.append(name)
-    if dropped:
-        log.info("svcenv: dropped %d databases that killed runs left behind: %s", len(dropped), ", ".join(dropped))
-    return dropped
 
 
 class PostgresTemplate:
@@ -157,10 +63,6 @@ class PostgresTemplate:
     ``SVCENV_POSTGRES_RESET=0`` to always re-clone. No name is handed out twice.
     Names carry a random token, so several processes (xdist workers, parallel
     sessions) can share one server without colliding.
-
-    Every template and clone carries svcenv's mark (``COMMENT ON DATABASE … IS 'svcenv owner {…}'``,
-    :data:`MARK`: this host and process); building a template first drops what killed runs left on the
-    server (:func:`sweep_abandoned`: marked, svcenv-named, owner provably gone).
 
     The pool sizes itself: from the measured time a test holds a database and the
     time a recycle takes it keeps about ``recycle / test + 1`` ready, never fewer
@@ -206,7 +108,6 @@ class PostgresTemplate:
         self._baselines: dict[str, Baseline] = {}
         self._handed_at: dict[str, float] = {}
         self._epoch = 0  # bumped when an admin connection fails (the server may have restarted)
-        self._marks: dict[tuple[int, bool], str] = {}
         self._shrink = 0
         self.use_s: float | None = None
         """Moving average of how long a test holds a database (seconds)."""
@@ -218,50 +119,18 @@ class PostgresTemplate:
             self._admin = self.handle.connect(autocommit=True)
         return self._admin
 
-    def _mark_text(self, parent: bool = False) -> str:
-        key = (os.getpid(), parent)  # a forked child marks as itself
-        if key not in self._marks:
-            self._marks[key] = owner_mark(parent)
-        return self._marks[key]
-
-    def _mark(self, admin: psycopg.Connection[Any], name: str, parent: bool = False) -> None:
-        """Mark ``name`` as this process's (a database of a killed run can then be told and dropped)."""
-        from psycopg import sql
-
-        try:
-            admin.execute(
-                sql.SQL("COMMENT ON DATABASE {} IS {}").format(
-                    sql.Identifier(name), sql.Literal(self._mark_text(parent))
-                )
-            )
-        except Exception as exc:  # unmarked, it is only never swept; the next statement meets a broken server
-            log.debug("svcenv: could not mark database %s (%s)", name, exc)
-
-    def _unmark(self, admin: psycopg.Connection[Any], name: str) -> None:
-        """Take this process's mark off ``name`` (only that comment: a test's own still refuses a recycle)."""
-        from psycopg import sql
-
-        body = sql.SQL(
-            "BEGIN IF shobj_description((SELECT oid FROM pg_database WHERE datname = {}), 'pg_database') = {} "
-            "THEN COMMENT ON DATABASE {} IS NULL; END IF; END"
-        ).format(sql.Literal(name), sql.Literal(self._mark_text()), sql.Identifier(name))
-        with suppress(Exception):  # still marked: the recycle refuses it, and it is dropped
-            admin.execute(sql.SQL("DO {}").format(sql.Literal(body.as_string(admin))))
-
     def build(self, adopt: bool = False) -> None:
         """Create the template and run the setup hook in it (once).
 
         With ``adopt``, a complete template of this name that another process built
         (xdist workers of one run, under a lock the caller holds) is used as it is;
-        a half-built one (its builder died) is dropped and built again. First, what
-        killed runs left on the server goes (:func:`sweep_abandoned`).
+        a half-built one (its builder died) is dropped and built again.
         """
         if self._built:
             return
         with self._lock:
             if self._built:
                 return
-            sweep_abandoned(self._conn(), self.handle)
             if adopt:
                 row = (
                     self._conn()
@@ -274,8 +143,6 @@ class PostgresTemplate:
                 if row is not None:
                     drop_database(self._conn(), self.name)
             self._conn().execute(f"CREATE DATABASE {_ident(self.name)}".encode())
-            # Shared by the run's workers (adopt): it is the run's until the controller is gone too.
-            self._mark(self._conn(), self.name, parent=adopt)
             with self.handle.connect(self.name) as conn:
                 run_setup(conn, self.setup)
                 conn.commit()
@@ -292,7 +159,6 @@ class PostgresTemplate:
         name = self._new_name()
         with self._lock:
             self._conn().execute(f"CREATE DATABASE {_ident(name)} TEMPLATE {_ident(self.name)}".encode())
-            self._mark(self._conn(), name)
         return name
 
     def drop(self, name: str) -> None:
@@ -330,7 +196,7 @@ class PostgresTemplate:
             if self._state is not None:
                 self._baselines[name] = Baseline.take(conn, self._epoch)
         except Exception as exc:
-            log.warning("svcenv: database resets are off (%s)", exc)
+            logging.getLogger("svcenv").warning("svcenv: database resets are off (%s)", exc)
             self._state = None
         conn.autocommit = False
         return name, conn
@@ -392,7 +258,6 @@ class PostgresTemplate:
     def _new_clone(self, admin: psycopg.Connection[Any]) -> tuple[str, psycopg.Connection[Any]]:
         name = self._new_name()
         admin.execute(f"CREATE DATABASE {_ident(name)} TEMPLATE {_ident(self.name)}".encode())
-        self._mark(admin, name)
         conn = self.handle.connect(name, autocommit=True)
         if self._state is not None:
             self._baselines[name] = Baseline.take(conn, self._epoch, flush=False)  # nothing written yet
@@ -404,14 +269,10 @@ class PostgresTemplate:
         baseline, state = self._baselines.pop(name, None), self._state
         if state is None or baseline is None or baseline.epoch != self._epoch:
             return name
-        # The rule refuses a database with a comment: the mark comes off for the recycle, and back on after.
-        self._unmark(admin, name)
         done = recycle(admin, self.handle, state, baseline, name, self._new_name())
         if isinstance(done, str):
-            self._mark(admin, done)  # dropped later: until then a killed run's like any other
             return done
         renamed, conn, self._baselines[renamed], outcome = done
-        self._mark(admin, renamed)
         self.outcomes[outcome] += 1
         return renamed, conn
 
@@ -426,7 +287,7 @@ class PostgresTemplate:
                     raise
                 drop_database(admin, name)
         except Exception as exc:
-            log.warning("could not drop test database %s: %s", name, exc)
+            logging.getLogger("svcenv").warning("could not drop test database %s: %s", name, exc)
 
     def acquire(self, timeout: float = 60.0) -> tuple[str, psycopg.Connection[Any] | None]:
         """A fresh database (name, and an open connection to it when prefetched).
