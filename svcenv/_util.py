@@ -5,6 +5,8 @@ Each exists once, so that they behave the same everywhere:
 * :func:`flag` / :func:`in_ci`: one truthy set (``1``, ``true``, ``yes``, ``on``) and one falsy set.
 * :func:`file_lock`: an exclusive ``fcntl`` lock on a private (0600) file, cancellable.
 * :func:`pid_alive`: whether a process exists (a zombie does not count).
+* :func:`owner_record` / :func:`owner_gone`: who owns a thing (host, pid namespace, pid, start
+  time), and whether that owner provably ended; :func:`owner_tag` / :func:`tag_gone` the same in a name.
 * :func:`env_prefix`: a service name as a variable prefix (``pg-replica`` -> ``PG_REPLICA``).
 * :func:`poll`: retry a check on tenacity until it passes or a deadline runs out.
 * :func:`scrub`: text with every known secret (and its quoted and escaped forms) as ``***``.
@@ -23,7 +25,22 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
-__all__ = ["FALSY", "TRUTHY", "env_prefix", "file_lock", "flag", "in_ci", "pid_alive", "poll", "scrub"]
+__all__ = [
+    "FALSY",
+    "TRUTHY",
+    "env_prefix",
+    "file_lock",
+    "flag",
+    "in_ci",
+    "owner_gone",
+    "owner_record",
+    "owner_tag",
+    "pid_alive",
+    "poll",
+    "process_alive",
+    "scrub",
+    "tag_gone",
+]
 
 TRUTHY = frozenset({"1", "true", "yes", "on"})
 FALSY = frozenset({"0", "false", "no", "off"})
@@ -120,6 +137,62 @@ def process_start(pid: int) -> str | None:
         return None
     fields = stat[stat.rfind(")") + 2 :].split()
     return None if fields[0] in ("Z", "X") else fields[19]
+
+
+def process_alive(pid: int | None, start: str | None) -> bool:
+    """Whether ``pid`` runs here and (when ``start`` is known) is the process that started then."""
+    if not pid:
+        return False
+    now = process_start(pid)
+    return now is not None and (not start or now == start)
+
+
+def owner_record(pid: int | None = None) -> dict[str, object]:
+    """Who ``pid`` (default: this process) is, in a form :func:`owner_gone` judges later."""
+    pid = pid or os.getpid()
+    return {"identity": owner_identity(), "pid": pid, "start": process_start(pid)}
+
+
+def owner_gone(*records: object) -> bool:
+    """Whether every owner recorded by :func:`owner_record` provably ended.
+
+    Only owners of this host and pid namespace are judged: an owner elsewhere, or a
+    malformed record, is never gone (its pid says nothing here).
+    """
+    here = owner_identity()
+    for record in records:
+        if not isinstance(record, dict) or record.get("identity") != here or not isinstance(record.get("pid"), int):
+            return False
+        start = record.get("start")
+        if process_alive(record["pid"], start if isinstance(start, str) else None):
+            return False
+    return bool(records)
+
+
+_TAG = re.compile(r"_o([0-9a-f]{8})_([0-9]+)_([0-9]+)(?:_|$)")
+
+
+def _identity_hash() -> str:
+    import hashlib
+
+    return hashlib.sha256(owner_identity().encode()).hexdigest()[:8]
+
+
+def owner_tag(pid: int | None = None) -> str:
+    """``o<host hash>_<pid>_<start>``: :func:`owner_record` short enough for a database name."""
+    pid = pid or os.getpid()
+    return f"o{_identity_hash()}_{pid}_{process_start(pid) or 0}"
+
+
+def tag_gone(name: str) -> bool:
+    """Whether ``name`` carries an :func:`owner_tag` (after a ``_``) whose owner provably ended.
+
+    A name without a tag, or with an owner of another host or pid namespace: False.
+    """
+    found = _TAG.search(name)
+    if found is None or found.group(1) != _identity_hash():
+        return False
+    return not process_alive(int(found.group(2)), None if found.group(3) == "0" else found.group(3))
 
 
 def pid_alive(pid: int) -> bool:

@@ -12,7 +12,10 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
-__all__ = ["alive", "children", "cmdline", "processes_mentioning", "signal_all", "wait_gone"]
+__all__ = ["alive", "children", "cmdline", "processes_mentioning", "reapers", "signal_all", "wait_gone"]
+
+REAPER = "svcenv.backends._docker_reaper"
+"""The module the Docker backend runs as its reaper process (``python -m …``)."""
 
 
 def cmdline(pid: int) -> str:
@@ -44,6 +47,21 @@ def children(pid: int) -> list[int]:
 def processes_mentioning(text: str) -> list[int]:
     """Pids whose command line contains ``text`` (servers and watchdogs name their workdir)."""
     return [int(e.name) for e in Path("/proc").iterdir() if e.name.isdigit() and text in cmdline(int(e.name))]
+
+
+def reapers(env_id: str) -> list[int]:
+    """Pids of the live Docker reaper processes of environment ``env_id``."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if REAPER.encode() in argv and env_id.encode() in argv and alive(int(entry.name)):
+            pids.append(int(entry.name))
+    return pids
 
 
 def wait_gone(pids: Iterable[int], timeout: float) -> list[int]:

@@ -34,9 +34,9 @@ from svcenv._util import pid_alive, process_start
 from svcenv.backends import _docker_reaper
 
 from .conftest import LeakCheck
+from .procs import reapers
 
 ROOT = Path(__file__).resolve().parents[1]
-REAPER = b"svcenv.backends._docker_reaper"
 REAP_LIMIT_S = 5.0
 """How long after the owner's SIGKILL its containers, network and volumes may take to go."""
 
@@ -59,21 +59,6 @@ OWNER = textwrap.dedent(
 )
 
 
-def _reapers(env_id: str) -> list[int]:
-    """Pids of the live reaper processes of environment ``env_id``."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if REAPER in argv and env_id.encode() in argv and pid_alive(int(entry.name)):
-            pids.append(int(entry.name))
-    return pids
-
-
 def _until(check: Callable[[], bool], limit: float) -> float | None:
     """Seconds until ``check()`` held (polling), or None if it did not within ``limit``."""
     started = time.monotonic()
@@ -86,11 +71,11 @@ def _until(check: Callable[[], bool], limit: float) -> float | None:
 
 def _replaced(env_id: str, old: int) -> bool:
     """Whether one reaper of ``env_id`` runs, and it is not ``old``."""
-    return _reapers(env_id) not in ([], [old])
+    return reapers(env_id) not in ([], [old])
 
 
 def _nothing_left(leaks: LeakCheck, env_id: str) -> bool:
-    return not (leaks.leftovers() or leaks.networks() or leaks.volumes() or _reapers(env_id))
+    return not (leaks.leftovers() or leaks.networks() or leaks.volumes() or reapers(env_id))
 
 
 def _remove(leaks: LeakCheck) -> None:
@@ -149,7 +134,7 @@ def test_a_forked_child_does_not_keep_a_killed_owners_containers(
     proc, info = owner("fork")
     child = int(info["child"])
     assert len(leaks.leftovers()) == 1
-    assert len(_reapers(info["id"])) == 1
+    assert len(reapers(info["id"])) == 1
     assert pid_alive(child)
 
     proc.send_signal(signal.SIGKILL)  # the owner only: its fork lingers for 60 s
@@ -164,7 +149,7 @@ def test_a_forked_child_does_not_keep_a_killed_owners_containers(
     assert _until(lambda: not pid_alive(child), 10) is not None
     assert _until(lambda: _nothing_left(leaks, info["id"]), REAP_LIMIT_S) is not None, (
         f"left: containers {leaks.leftovers()}, networks {leaks.networks()}, volumes {leaks.volumes()}, "
-        f"reapers {_reapers(info['id'])}"
+        f"reapers {reapers(info['id'])}"
     )
     leaks.assert_clean()
 
@@ -175,16 +160,16 @@ def test_a_killed_reaper_is_started_again(
     proc, info = owner("plain")
     env_id = info["id"]
     assert len(leaks.leftovers()) == 1
-    (first,) = _reapers(env_id)
+    (first,) = reapers(env_id)
     assert Path(f"/proc/{first}/stat").read_text().rsplit(")", 1)[1].split()[1] == str(proc.pid), (
         "the reaper is the owner's child"
     )
 
     os.kill(first, signal.SIGKILL)
     rearmed = _until(functools.partial(_replaced, env_id, first), 5)
-    print(f"reaper {first} killed; a new one ran {rearmed:.2f}s later: {_reapers(env_id)}" if rearmed else "none")
+    print(f"reaper {first} killed; a new one ran {rearmed:.2f}s later: {reapers(env_id)}" if rearmed else "none")
     assert rearmed is not None, "no new reaper after the first was killed"
-    (second,) = _reapers(env_id)
+    (second,) = reapers(env_id)
     assert second != first
     time.sleep(0.5)  # past its startup checks: it waits on its owner now
     assert pid_alive(second), "the new reaper ended while its owner lives"
@@ -197,7 +182,7 @@ def test_a_killed_reaper_is_started_again(
     print(f"everything gone {time.monotonic() - killed:.2f}s after the owner's SIGKILL" if gone else "")
     assert gone is not None, (
         f"left: containers {leaks.leftovers()}, networks {leaks.networks()}, volumes {leaks.volumes()}, "
-        f"reapers {_reapers(env_id)}"
+        f"reapers {reapers(env_id)}"
     )
     leaks.assert_clean()
 
@@ -227,9 +212,9 @@ def test_an_owner_that_exits_unstopped_exits_at_once_and_is_reaped_once(leaks: L
     assert proc.returncode == 0, proc.stderr
     assert "TeardownWarning" not in proc.stderr, proc.stderr
     env_id = json.loads(proc.stdout)["id"]
-    assert _until(lambda: _nothing_left(leaks, env_id), REAP_LIMIT_S) is not None, _reapers(env_id)
+    assert _until(lambda: _nothing_left(leaks, env_id), REAP_LIMIT_S) is not None, reapers(env_id)
     time.sleep(1)  # a reaper started at exit (wrongly) would show now
-    assert _reapers(env_id) == []
+    assert reapers(env_id) == []
     leaks.assert_clean()
 
 
@@ -241,11 +226,11 @@ def test_a_reaper_killed_too_often_is_not_started_again_and_that_is_said(leaks: 
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", TeardownWarning)
-            (reaper,) = _reapers(env.id)
+            (reaper,) = reapers(env.id)
             for _ in range(REARMS):
                 os.kill(reaper, signal.SIGKILL)
                 assert _until(functools.partial(_replaced, env.id, reaper), 5) is not None
-                (reaper,) = _reapers(env.id)
+                (reaper,) = reapers(env.id)
             os.kill(reaper, signal.SIGKILL)
             # The watcher warns from its thread once it has waited for the reaper.
             said = _until(lambda: any(issubclass(w.category, TeardownWarning) for w in caught), 5)
@@ -254,7 +239,7 @@ def test_a_reaper_killed_too_often_is_not_started_again_and_that_is_said(leaks: 
         assert "no longer protected against a crash of its owner" in str(warning.message)
         assert env.id in str(warning.message)
         time.sleep(0.5)
-        assert _reapers(env.id) == [], "the reaper was started again past the bound"
+        assert reapers(env.id) == [], "the reaper was started again past the bound"
         assert len(leaks.leftovers()) == 1, "no reaper reaps while its owner lives"
     finally:
         env.stop()

@@ -41,23 +41,7 @@ from svcenv.probes import TCP
 
 from .conftest import LeakCheck
 from .engine_proxy import REFUSED_MESSAGE, EngineProxy, engine_proxy_fixture  # noqa: F401 (the fixture)
-
-REAPER = "svcenv.backends._docker_reaper"
-
-
-def _reapers(env_id: str) -> list[int]:
-    """Pids of the live Docker reaper processes of environment ``env_id``."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if REAPER.encode() in argv and env_id.encode() in argv:
-            pids.append(int(entry.name))
-    return pids
+from .procs import reapers
 
 
 def _eventually(check: Callable[[], bool], limit: float) -> bool:
@@ -128,12 +112,12 @@ def test_refused_removal_warns_names_the_service_and_keeps_the_reaper_armed(
         assert REFUSED_MESSAGE in problems, "the engine's own words are kept"
         with contextlib.closing(_real_engine(engine_proxy)) as client:
             assert client.containers.get(container_id).status == "running"
-        reapers = _reapers(env.id)
-        assert reapers, "the reaper was disarmed although the container still runs"
+        running = reapers(env.id)
+        assert running, "the reaper was disarmed although the container still runs"
 
         engine_proxy.normal()
         _remove_left(engine_proxy, leaks, env)
-        assert _eventually(lambda: not _reapers(env.id), 10), f"reaper {reapers} still runs after close()"
+        assert _eventually(lambda: not reapers(env.id), 10), f"reaper {running} still runs after close()"
     finally:
         _remove_left(engine_proxy, leaks, env)
 
@@ -206,7 +190,7 @@ def test_stop_against_a_hung_engine_is_bounded_by_teardown_timeout(leaks: LeakCh
         assert env.state == "stopped"
         problems = "; ".join(env.teardown_problems)
         assert "not removed within 4s" in problems or "not done within 4s" in problems, problems
-        assert _reapers(env.id), "the reaper was disarmed although nothing was removed"
+        assert reapers(env.id), "the reaper was disarmed although nothing was removed"
     finally:
         _remove_left(engine_proxy, leaks, env)
 
@@ -252,7 +236,7 @@ def test_stop_racing_start_leaves_nothing(leaks: LeakCheck) -> None:
     assert not raised, raised
     assert env.state == "stopped"
     assert env.teardown_problems == ()
-    assert _eventually(lambda: not _reapers(env.id), 10), "the reaper is still armed after a clean stop"
+    assert _eventually(lambda: not reapers(env.id), 10), "the reaper is still armed after a clean stop"
 
 
 def test_stop_racing_start_on_a_refusing_engine_reports_what_is_left(

@@ -10,7 +10,7 @@ import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from .._util import owner_identity, pid_alive, process_start
+from .._util import owner_identity, pid_alive, process_alive
 from ..config import ProjectConfig
 from ..errors import SvcenvError
 from ..state import Record, StateDir, entries_of, project_key
@@ -267,7 +267,7 @@ def _still_wanted(force: bool = False) -> Callable[[Mapping[str, str]], bool]:
             return not force  # an owner elsewhere: its pid says nothing here
         owner = labels.get(LABEL_OWNER_PID, "")
         started = labels.get(LABEL_OWNER_START)
-        if owner.isdigit() and pid_alive(int(owner)) and (not started or process_start(int(owner)) == started):
+        if owner.isdigit() and process_alive(int(owner), started):
             return True
         kept = labels.get(LABEL_KEEP) == "true"
         return kept and not force and recorded(labels.get(LABEL_STATE_DIR, ""), labels.get(LABEL_ENVIRONMENT, ""))

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from typing import TYPE_CHECKING, Any
 
+from .._util import owner_tag, tag_gone
 from .postgres_reset import (
     DATABASE_CHECK,
     Baseline,
@@ -41,7 +42,33 @@ __all__ = [
     "rolled_back",
     "run_setup",
     "savepoint_connection",
+    "sweep_abandoned",
 ]
+
+
+_SVCENV_DATABASES = b"SELECT datname FROM pg_database WHERE datname LIKE 'svcenv\\_%'"
+
+
+def sweep_abandoned(admin: psycopg.Connection[Any]) -> list[str]:
+    """Drop the templates and test databases of runs that ended without cleaning up; return their names.
+
+    Only svcenv's names whose owner (:func:`~svcenv._util.owner_tag` in the name) is
+    provably gone: a process of this host and pid namespace that no longer runs.
+    Databases of running owners, of owners elsewhere (another machine or container
+    sharing the server) and every other database are left alone.
+    """
+    dropped = []
+    for (name,) in admin.execute(_SVCENV_DATABASES).fetchall():
+        if tag_gone(str(name)):
+            try:
+                drop_database(admin, str(name), patience=0.0)
+            except Exception as exc:  # another sweeper got it first, or no right to drop it
+                logging.getLogger("svcenv").debug("svcenv: could not drop abandoned database %s: %s", name, exc)
+            else:
+                dropped.append(str(name))
+    if dropped:
+        logging.getLogger("svcenv").info("svcenv: dropped %d databases killed runs left: %s", len(dropped), dropped)
+    return dropped
 
 
 class PostgresTemplate:
@@ -62,7 +89,9 @@ class PostgresTemplate:
     :mod:`svcenv.isolation.postgres_reset` for the rule, ``reset=False`` or
     ``SVCENV_POSTGRES_RESET=0`` to always re-clone. No name is handed out twice.
     Names carry a random token, so several processes (xdist workers, parallel
-    sessions) can share one server without colliding.
+    sessions) can share one server without colliding, and the owner's tag, so
+    the next template built on a server drops what killed runs left there
+    (:func:`sweep_abandoned`).
 
     The pool sizes itself: from the measured time a test holds a database and the
     time a recycle takes it keeps about ``recycle / test + 1`` ready, never fewer
@@ -90,7 +119,9 @@ class PostgresTemplate:
         self.reset = reset_enabled(reset)
         self.outcomes: Counter[str] = Counter()
         """How returned databases went: ``untouched``, ``reset`` or ``cloned`` (dropped, a new clone made)."""
-        self.token = secrets.token_hex(3)
+        # Names say which process owns them (owner_tag), so a later run can drop what a killed one left
+        # on a server that outlives it (an external one): see sweep_abandoned.
+        self.token = f"{secrets.token_hex(3)}_{owner_tag()}"
         self.name = name or f"svcenv_tpl_{self.token}"
         self._counter = itertools.count(1)
         self._admin: psycopg.Connection[Any] | None = None
@@ -131,6 +162,7 @@ class PostgresTemplate:
         with self._lock:
             if self._built:
                 return
+            sweep_abandoned(self._conn())
             if adopt:
                 row = (
                     self._conn()

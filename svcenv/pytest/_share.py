@@ -7,6 +7,10 @@ first worker starts the environment under a lock and writes its snapshot (0600,
 secrets included); the others attach. The owner waits at the end until every
 other worker has left, runs the ``before_stop`` work (e.g. dropping a template
 shared by all workers), then stops it and removes the directory.
+
+The directory records the run's controller (``run.json``) and the owner worker
+(``owner``): when both ended without removing it (a SIGKILLed controller takes its
+workers along), the next run that starts a share removes it (:func:`sweep_abandoned`).
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .._util import file_lock, pid_alive
+from .._util import file_lock, owner_gone, owner_record, owner_tag, pid_alive, process_alive
 from ..descriptors import Service
 from ..environment import Environment
 from ..errors import ConfigurationError
@@ -48,14 +52,23 @@ class XdistShare:
         self.state = self.dir / "state.json"
         self.members = self.dir / "members"
         self.owner = False
+        self.controller = os.getppid()  # xdist's workers are children of the run's controller
+        run = self.dir / "run.json"
+        if not run.exists():
+            _write_private(run, {"controller": owner_record(self.controller)})
 
     def lock(self, name: str = "share") -> Any:
         """An exclusive lock shared by the run's workers (a context manager)."""
         return file_lock(self.dir / f"{name}.lock")
 
     def template_name(self, service: str) -> str:
-        """The name of ``service``'s template database for this run (the same in every worker)."""
-        return "svcenv_tpl_" + hashlib.sha256(f"{self.dir}:{service}".encode()).hexdigest()[:12]
+        """The name of ``service``'s template database for this run (the same in every worker).
+
+        It carries the controller's :func:`~svcenv._util.owner_tag`: a server that outlives a killed
+        run loses the template at the next template build on it.
+        """
+        digest = hashlib.sha256(f"{self.dir}:{service}".encode()).hexdigest()[:12]
+        return f"svcenv_tpl_{digest}_{owner_tag(self.controller)}"
 
     def _read_members(self) -> set[int]:
         return set(json.loads(self.members.read_text())) if self.members.exists() else set()
@@ -65,9 +78,10 @@ class XdistShare:
 
     def _owner_alive(self) -> bool:
         try:
-            return pid_alive(int((self.dir / "owner").read_text()))
+            record = json.loads((self.dir / "owner").read_text())
         except (OSError, ValueError):
             return False
+        return isinstance(record, dict) and process_alive(record.get("pid"), record.get("start"))
 
     def join(self, services: Sequence[Service], kwargs: Mapping[str, Any]) -> Environment:
         """Attach to the run's environment, or start it (first worker, or its owner died)."""
@@ -76,12 +90,13 @@ class XdistShare:
                 env = Environment.attach(json.loads(self.state.read_text()), *services)
             else:
                 # First worker, or the owner died (its reaper removed the services): start them anew.
+                sweep_abandoned(self.dir.parent)
                 self.state.unlink(missing_ok=True)
                 env = Environment(*services, **kwargs).start()
                 fd = os.open(self.state, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
                 with os.fdopen(fd, "w") as out:
                     json.dump(env.snapshot(), out)
-                (self.dir / "owner").write_text(str(os.getpid()))
+                _write_private(self.dir / "owner", owner_record())
                 self.owner = True
             self._write_members(self._read_members() | {os.getpid()})
         return env
@@ -108,6 +123,50 @@ class XdistShare:
     @staticmethod
     def dir_of(run_dir: Path) -> Path:
         return run_dir / DIRNAME
+
+
+def _write_private(path: Path, record: Mapping[str, Any]) -> None:
+    """``record`` as JSON in ``path`` (0600), replacing it whole: a reader never sees half of it."""
+    part = path.with_name(f".{path.name}.{os.getpid()}")
+    fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        json.dump(record, out)
+    os.replace(part, path)
+
+
+def sweep_abandoned(run_dir: Path) -> list[Path]:
+    """Remove the shares that killed runs left in ``run_dir``'s siblings (pytest's other basetemps).
+
+    Only a directory of this user whose recorded controller and owner worker both
+    provably ended (:func:`~svcenv._util.owner_gone`); a share of a running run, of
+    a run in another pid namespace or without records is left alone.
+    """
+    removed: list[Path] = []
+    try:
+        siblings = [s for s in run_dir.parent.iterdir() if s != run_dir and not s.is_symlink()]
+    except OSError:
+        return removed
+    for sibling in siblings:
+        share = sibling / DIRNAME
+        try:
+            info = share.lstat()
+        except OSError:
+            continue
+        if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+            continue
+        records: list[object] = []
+        for name in ("run.json", "owner"):
+            try:
+                record = json.loads((share / name).read_text())
+            except FileNotFoundError:
+                continue
+            except (OSError, ValueError):
+                record = None  # unreadable: cannot be judged, so kept
+            records.append(record.get("controller") if isinstance(record, dict) and name == "run.json" else record)
+        if records and owner_gone(*records):
+            shutil.rmtree(share, ignore_errors=True)
+            removed.append(share)
+    return removed
 
 
 def remove(run_dir: Path) -> None:

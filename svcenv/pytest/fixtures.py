@@ -157,14 +157,14 @@ def _postgres_fixtures(service: Service, given: Setup | Sequence[Setup]) -> dict
             for item in items:
                 run_setup(conn, item)
 
-        name = f"svcenv_tpl_{secrets.token_hex(4)}" if share is None else share.template_name(n)
+        name = None if share is None else share.template_name(n)
         built = PostgresTemplate(handle, setup=prepare if items else None, name=name, prefetch=prefetch, reset=reset)
         if share is None:
             built.build()
         else:
             with share.lock(f"template-{n}"):
                 built.build(adopt=True)  # the first worker builds it; the others find it built
-            run.before_stop.append(lambda: built.drop(name))
+            run.before_stop.append(lambda: built.drop(built.name))
         yield built
         built.destroy(keep_template=share is not None)
 

@@ -10,10 +10,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ..._util import pid_alive
+from ..._util import process_alive, process_start
 from ..base import Instance
 from ._common import LOG_FILE, MARKER, TMP_PREFIX
-from .places import _start_time, tmp_base
+from .places import tmp_base
 
 
 def find_log(pid: int) -> Path | None:
@@ -47,7 +47,7 @@ class AttachedProcess(Instance):
         self.ports = {int(k): int(v) for k, v in (snapshot.get("ports") or {}).items()}
         self.credentials = dict(snapshot.get("credentials") or {})
         self._pid = int(self.id) if self.id.isdigit() else 0
-        self._started = _start_time(self._pid) if self._pid else None
+        self._started = process_start(self._pid) if self._pid else None
         given = snapshot.get("log_path")
         self._log_path: Path | None = Path(given) if given else None
         self._looked = bool(given) or not self._started  # a gone process: nowhere to look
@@ -74,7 +74,7 @@ class AttachedProcess(Instance):
 
     def exit_status(self) -> int | None:
         """``None`` while the process runs; ``-1`` once it is gone (its status went to its parent)."""
-        if pid_alive(self._pid) and (self._started is None or _start_time(self._pid) == self._started):
+        if process_alive(self._pid, self._started):
             return None
         return -1
 

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from ..._paths import cache_dir
-from ..._util import owner_identity
+from ..._util import owner_identity, process_alive, process_start
 from ..base import LABEL_ENVIRONMENT
 from ._common import MARKER, TMP_PREFIX
 
@@ -37,25 +37,6 @@ def tmp_base() -> Path:
     return Path(tempfile.gettempdir())
 
 
-def _start_time(pid: int) -> str | None:
-    """The kernel's start time of ``pid`` (tells a process from a later one with the same pid)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat[stat.rfind(")") + 2 :].split()
-    if fields[0] in ("Z", "X"):
-        return None  # a zombie has exited
-    return fields[19]
-
-
-def _alive(pid: int | None, started: str | None) -> bool:
-    if not pid:
-        return False
-    now = _start_time(pid)
-    return now is not None and (started is None or now == started)
-
-
 def _make_workdir(labels: Mapping[str, str], service: str) -> Path:
     env_id = re.sub(r"[^A-Za-z0-9]", "", labels.get(LABEL_ENVIRONMENT, "x"))[:12] or "x"
     short = re.sub(r"[^a-z0-9_.]", "_", service)[:20]
@@ -67,7 +48,7 @@ def _make_workdir(labels: Mapping[str, str], service: str) -> Path:
 def _write_marker(workdir: Path, extra: Mapping[str, object]) -> None:
     marker = {
         "owner_pid": os.getpid(),
-        "owner_start": _start_time(os.getpid()),
+        "owner_start": process_start(os.getpid()),
         "owner_host": owner_identity(),
         **extra,
     }
@@ -85,9 +66,9 @@ def _stale(entry: Path) -> bool:
         marker = {}
     if marker.get("owner_host") not in (None, owner_identity()):
         return False  # an owner in another pid namespace: its pid says nothing here (#18 row 1)
-    if _alive(owner, marker.get("owner_start")):
+    if process_alive(owner, marker.get("owner_start")):
         return False
-    return not _alive(marker.get("watchdog_pid"), marker.get("watchdog_start"))
+    return not process_alive(marker.get("watchdog_pid"), marker.get("watchdog_start"))
 
 
 def sweep_stale(base: Path | None = None) -> int:
@@ -115,7 +96,7 @@ def release_shared_memory(data: Path) -> bool:
         pid = int(lines[0])
     except (OSError, IndexError, ValueError):
         return False  # a clean shutdown removes postmaster.pid
-    if _alive(pid, None) and Path(f"/proc/{pid}/cwd").resolve() == data.resolve():
+    if process_alive(pid, None) and Path(f"/proc/{pid}/cwd").resolve() == data.resolve():
         return False  # still running
     import ctypes
 

@@ -17,11 +17,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
+from ..._util import process_start
 from ...errors import ServiceExited
 from ..base import Instance
 from ._common import LOG_FILE, PORT_ATTEMPTS, WATCHDOG
 from .accounts import Account
-from .places import _start_time, _write_marker
+from .places import _write_marker
 
 if TYPE_CHECKING:
     from ...descriptors import Resolved
@@ -179,7 +180,7 @@ class LocalInstance(Instance):
         self.id = str(pid)
         _write_marker(
             self.workdir,
-            {"service": self.resolved.name, "watchdog_pid": proc.pid, "watchdog_start": _start_time(proc.pid)},
+            {"service": self.resolved.name, "watchdog_pid": proc.pid, "watchdog_start": process_start(proc.pid)},
         )
 
     def _check_running(self, log_offset: int) -> None:
