@@ -132,3 +132,18 @@ def test_a_password_that_saslprep_changes_works_on_the_cached_image(password: st
         handle = env["postgres"]
         with handle.connect() as conn:
             assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+@pytest.mark.parametrize("backend_name", ["docker", "local"])
+def test_a_generated_password_gets_a_cheap_verifier_a_given_one_the_default(
+    backend_name: str, leaks: LeakCheck
+) -> None:
+    # 192 random bits need no key stretching; every connect's client pays for the iterations.
+    iterations = (
+        "SELECT split_part(split_part(rolpassword, '$', 2), ':', 1) FROM pg_authid WHERE rolname = current_user"
+    )
+    for pg, expected in ((Postgres(), "128"), (Postgres(password="given-by-the-user"), "4096")):
+        with Environment(pg, backend=backend_name, labels=leaks.labels) as env, env[pg].connect() as conn:
+            assert conn.execute(iterations).fetchone() == (expected,), pg
+            with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+                psycopg.connect(env[pg].url.replace(env[pg].password, "wrong"), connect_timeout=1)

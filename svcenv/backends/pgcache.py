@@ -86,6 +86,12 @@ def _saslprep(password: str) -> str:
         return password
 
 
+def _iterations(resolved: Resolved) -> int:
+    from ..descriptors import Postgres
+
+    return resolved.service.scram_iterations() if isinstance(resolved.service, Postgres) else 4096
+
+
 def scram_verifier(password: str, iterations: int = 4096) -> str:
     """The ``SCRAM-SHA-256$…`` verifier Postgres stores for ``password`` (RFC 5802/7677, SASLprep'd)."""
     salt = secrets.token_bytes(16)
@@ -231,7 +237,7 @@ def set_password(container: Any, resolved: Resolved, timeout: float) -> None:
     Only a SCRAM verifier crosses into the container; the password itself does not.
     """
     user = resolved.env["POSTGRES_USER"]
-    verifier = scram_verifier(resolved.secrets["password"])
+    verifier = scram_verifier(resolved.secrets["password"], _iterations(resolved))
     role = '"' + user.replace('"', '""') + '"'
     statement = f"ALTER ROLE {role} PASSWORD '{verifier}'"
     argv = ["psql", "-v", "ON_ERROR_STOP=1", "-qAt", "-U", user, "-d", resolved.env["POSTGRES_DB"], "-c", statement]

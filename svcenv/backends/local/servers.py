@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, ClassVar, Generic, TypeVar
 from ..._util import NotYet, poll
 from ...descriptors import Postgres, Service
 from ...errors import ServiceExited
+from ..pgcache import scram_verifier
 from .accounts import Account, _account_problem, _chown, _existing_account, _server_env, server_account
 from .discovery import (
     ElasticsearchInstall,
@@ -148,10 +149,8 @@ class LocalPostgres(_InstalledServer[PostgresInstall]):
         socket_dir, dbname = str(self.workdir), self.service.dbname
         with psycopg.connect(host=socket_dir, port=port, user=user, dbname=dbname, autocommit=True) as conn:
             # A verifier computed here keeps the password out of the server's statement log.
-            verifier = conn.pgconn.encrypt_password(password.encode(), user.encode(), b"scram-sha-256")
-            conn.execute(
-                sql.SQL("ALTER ROLE {} PASSWORD {}").format(sql.Identifier(user), sql.Literal(verifier.decode()))
-            )
+            verifier = scram_verifier(password, self.service.scram_iterations())
+            conn.execute(sql.SQL("ALTER ROLE {} PASSWORD {}").format(sql.Identifier(user), sql.Literal(verifier)))
 
 
 class LocalRedis(_InstalledServer[RedisInstall]):
