@@ -25,17 +25,24 @@ def _databases(handle: PostgresHandle, token: str) -> set[str]:
     return {r[0] for r in rows}
 
 
-@pytest.mark.parametrize("prefetch", [0, 2])
-def test_never_hands_out_a_database_twice_and_leaves_none(postgres: PostgresHandle, prefetch: int) -> None:
-    template = PostgresTemplate(postgres, setup="CREATE TABLE items (x int)", prefetch=prefetch)
-    names = []
+@pytest.mark.parametrize(("prefetch", "keep"), [(0, None), (2, False), (2, True)])
+def test_a_name_goes_only_to_the_connection_that_had_it_and_none_is_left(
+    postgres: PostgresHandle, prefetch: int, keep: bool | None
+) -> None:
+    template = PostgresTemplate(postgres, setup="CREATE TABLE items (x int)", prefetch=prefetch, keep_connections=keep)
+    names, owners = [], {}
     for _ in range(12):
         with template.fresh_connection() as conn:
             assert conn.execute("SELECT count(*) FROM items").fetchone() == (0,)
             conn.execute("INSERT INTO items VALUES (1)")
             conn.commit()
             names.append(conn.info.dbname)
-    assert len(set(names)) == 12
+            # A name handed out again is on the same connection (the one that had it), never on a new one.
+            assert owners.setdefault(conn.info.dbname, id(conn)) == id(conn)
+    if keep:
+        assert len(set(names)) < 12, "the tests' own connections were kept, names and all"
+    else:
+        assert len(set(names)) == 12
     template.destroy()
     assert _databases(postgres, template.token) == set()
 

@@ -368,7 +368,7 @@ def _dead(conn: psycopg.Connection[Any]) -> bool:
 
 
 def test_names_are_never_reused_and_nothing_is_left(postgres: PostgresHandle, admin: psycopg.Connection[Any]) -> None:
-    pool = _pool(postgres)
+    pool = _pool(postgres, keep_connections=False)
     names = set()
     for _ in range(6):
         name, conn = pool.acquire()
@@ -379,6 +379,77 @@ def test_names_are_never_reused_and_nothing_is_left(postgres: PostgresHandle, ad
     assert pool.outcomes["untouched"] >= 4
     left = admin.execute("SELECT datname FROM pg_database WHERE datname LIKE %s", (f"%{pool.token}%",)).fetchall()
     assert left == []
+
+
+def test_a_kept_connection_is_a_new_ones_equal(postgres: PostgresHandle, admin: psycopg.Connection[Any]) -> None:
+    """The test's own connection serves the next test: same backend, but nothing of the last test's session."""
+    from psycopg.rows import dict_row
+    from psycopg.types.string import TextLoader
+
+    class Shouting(TextLoader):
+        def load(self, data: Any) -> str:
+            return str(super().load(data)).upper()
+
+    pool = _pool(postgres)
+    name, conn = pool.acquire()
+    assert conn is not None
+    backend, defaults = conn.info.backend_pid, (conn.autocommit, conn.row_factory, conn.prepare_threshold)
+    conn.autocommit = True
+    conn.row_factory = dict_row
+    conn.prepare_threshold = 0
+    conn.isolation_level = psycopg.IsolationLevel.SERIALIZABLE
+    conn.adapters.register_loader("text", Shouting)
+    notices: list[str] = []
+    conn.add_notice_handler(lambda diag: notices.append(str(diag.message_primary)))
+    conn.execute("SET statement_timeout = 1234")
+    conn.execute("PREPARE leftover AS SELECT 1")
+    conn.execute("SELECT pg_advisory_lock(42)")
+    conn.execute("LISTEN channel")
+    conn.execute("INSERT INTO parent (name) VALUES ('z')")
+    pool.release(name, conn)
+
+    for _ in range(3):  # the pool hands out the database that was ready first; ours comes after it
+        again, kept = pool.acquire()
+        assert kept is not None
+        if again == name:
+            break
+        pool.release(again, kept)
+    assert (again, kept.info.backend_pid) == (name, backend), "not kept: the test proved nothing"
+    assert (kept.autocommit, kept.row_factory, kept.prepare_threshold) == defaults
+    assert kept.isolation_level is None
+    assert kept.execute("SELECT name FROM parent ORDER BY id").fetchall() == [("a",), ("b",), ("c",)]
+    assert kept.execute("SHOW statement_timeout").fetchone() != ("1234ms",)
+    assert kept.execute("SELECT count(*) FROM pg_prepared_statements").fetchone() == (0,)
+    mine = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()"
+    assert kept.execute(mine).fetchone() == (0,)
+    assert kept.execute("SELECT count(*) FROM pg_listening_channels()").fetchone() == (0,)
+    kept.execute("DO $$ BEGIN RAISE NOTICE 'hello'; END $$")
+    assert notices == [], "the last test's notice handler still ran"
+    assert kept.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS  # autocommit off again
+    pool.release(again, kept)
+    outcomes = dict(pool.outcomes)
+    pool.destroy()
+    assert outcomes.get("reset", 0) >= 1, outcomes
+
+
+def test_a_connection_with_company_is_not_kept(postgres: PostgresHandle, admin: psycopg.Connection[Any]) -> None:
+    """Another session on the database (the application's pool, left open): renamed or dropped, never kept."""
+    pool = _pool(postgres)
+    name, conn = pool.acquire()
+    assert conn is not None
+    other = postgres.connect(name)
+    pool.release(name, conn)
+    handed = []
+    for _ in range(3):
+        again, fresh = pool.acquire()
+        assert fresh is not None
+        handed.append(again)
+        pool.release(again, fresh)
+    outcomes = dict(pool.outcomes)
+    pool.destroy()  # waits for the background drop
+    assert name not in handed, "a database with another session on it was handed out again"
+    assert outcomes.get("cloned", 0) >= 1, outcomes
+    assert _dead(other), "the session left on the old database still works"
 
 
 def test_kill_switch(postgres: PostgresHandle, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -61,20 +61,33 @@ def test_env_vars_point_at_the_tests_own_database(postgres_connection, svcenv_en
 
 def test_failing_test_still_drops_its_database(postgres_connection):
     record("failed", postgres_connection.info.dbname)
+    postgres_connection.execute("CREATE TABLE left_by_failure (x int)")
+    postgres_connection.execute("INSERT INTO seeded VALUES ('left by failure')")
+    postgres_connection.commit()
     assert False, "this test fails on purpose"
 
-def test_zz_failed_database_was_dropped(postgres_service):
+def test_zz_failed_database_was_dropped_or_reset(postgres_service):
     import time
     failed = [json.loads(l) for p in OUT.glob("failed.*.json") for l in p.read_text().splitlines()]
     assert failed
-    deadline = time.monotonic() + 10  # used databases are dropped in the background
-    with postgres_service.connect(autocommit=True) as conn:
-        while True:
+    # Used databases are recycled in the background: dropped, or the template's again (maybe kept by name).
+    deadline = time.monotonic() + 10
+    while True:
+        with postgres_service.connect(autocommit=True) as conn:
             names = {r[0] for r in conn.execute("SELECT datname FROM pg_database").fetchall()}
-            if not set(failed) & names or time.monotonic() > deadline:
-                break
-            time.sleep(0.05)
-    assert not set(failed) & names
+        left = []
+        for name in set(failed) & names:
+            try:
+                with postgres_service.connect(name, autocommit=True) as conn:
+                    if conn.execute("SELECT to_regclass('left_by_failure') IS NOT NULL OR "
+                                    "(SELECT count(*) FROM seeded) <> 1").fetchone()[0]:
+                        left.append(name)
+            except Exception:
+                pass  # dropped meanwhile
+        if not left or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert not left, f"the failed test's writes are still in {left}"
 """
 
 SEED_SQL = "CREATE TABLE seeded (body text); INSERT INTO seeded VALUES ('seed');"

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from typing import TYPE_CHECKING, Any
 
-from .._util import owner_tag, tag_gone
+from .._util import flag, owner_tag, tag_gone
 from .postgres_reset import (
     DATABASE_CHECK,
     Baseline,
@@ -46,6 +46,8 @@ __all__ = [
 ]
 
 
+KEEP_CONNECTIONS_ENV = "SVCENV_POSTGRES_KEEP_CONNECTIONS"
+"""``0`` makes every recycled database renamed and reached by a new connection (no name handed out twice)."""
 _SVCENV_DATABASES = b"SELECT datname FROM pg_database WHERE datname LIKE 'svcenv\\_%'"
 
 
@@ -87,7 +89,13 @@ class PostgresTemplate:
     (renamed) when it is provably the template's, after a reset of the tables the
     test wrote if needed, else dropped and replaced by a fresh clone: see
     :mod:`svcenv.isolation.postgres_reset` for the rule, ``reset=False`` or
-    ``SVCENV_POSTGRES_RESET=0`` to always re-clone. No name is handed out twice.
+    ``SVCENV_POSTGRES_RESET=0`` to always re-clone. A recycled database stays on
+    the test's own connection when that was the only session on it (then set back
+    to a new connection's state, :func:`~svcenv.isolation.postgres_reset.keep_connection`),
+    which spares a connect and keeps its name; else it is renamed, so a name is
+    handed out again only to the connection that had it.
+    ``keep_connections=False`` or ``SVCENV_POSTGRES_KEEP_CONNECTIONS=0``: always
+    renamed and reconnected, no name handed out twice.
     Names carry a random token, so several processes (xdist workers, parallel
     sessions) can share one server without colliding, and the owner's tag, so
     the next template built on a server drops what killed runs left there
@@ -109,6 +117,7 @@ class PostgresTemplate:
         workers: int | None = None,
         reset: bool | None = None,
         max_prefetch: int | None = None,
+        keep_connections: bool | None = None,
     ) -> None:
         self.handle = handle
         self.setup = setup
@@ -117,8 +126,13 @@ class PostgresTemplate:
         xdist = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "") or 1)
         self.max_prefetch = max(prefetch, min(8, 16 // max(1, xdist))) if max_prefetch is None else max_prefetch
         self.reset = reset_enabled(reset)
+        self.keep_connections = (
+            flag(KEEP_CONNECTIONS_ENV, default=True) if keep_connections is None else keep_connections
+        )
+        """Whether a recycled database may stay on the test's own connection (and so keep its name)."""
         self.outcomes: Counter[str] = Counter()
-        """How returned databases went: ``untouched``, ``reset`` or ``cloned`` (dropped, a new clone made)."""
+        """How returned databases went: ``untouched``, ``reset``, ``undone`` (objects the test made dropped),
+        ``cloned`` (dropped, a new clone made) or ``shrunk`` (dropped: the pool got smaller)."""
         # Names say which process owns them (owner_tag), so a later run can drop what a killed one left
         # on a server that outlives it (an external one): see sweep_abandoned.
         self.token = f"{secrets.token_hex(3)}_{owner_tag()}"
@@ -129,7 +143,7 @@ class PostgresTemplate:
         self._sizing = threading.Lock()
         self._built = False
         self._ready: queue.Queue[tuple[str, psycopg.Connection[Any] | None] | BaseException] = queue.Queue()
-        self._tasks: queue.Queue[tuple[str, str] | None] = queue.Queue()
+        self._tasks: queue.Queue[tuple[str, str, psycopg.Connection[Any] | None] | None] = queue.Queue()
         self._worker: threading.Thread | None = None
         self._workers: list[threading.Thread] = []
         if workers is None:  # recycling waits on the server (backends exiting, connecting): overlap more on a quiet one
@@ -214,7 +228,7 @@ class PostgresTemplate:
             thread.start()
         self._worker = self._workers[0]
         for _ in range(self.prefetch + 1 - (first is not None)):  # one more for the test in progress
-            self._tasks.put(("clone", ""))
+            self._tasks.put(("clone", "", None))
 
     def _capture(self) -> tuple[str, psycopg.Connection[Any]] | None:
         """Clone once and read from it what resets need (:class:`TemplateState`); the clone goes to the pool."""
@@ -245,19 +259,19 @@ class PostgresTemplate:
                     continue
                 if task is None:
                     break
-                action, name = task
-                if action == "drop":
-                    drops.append(name)
-                    continue
+                action, name, used = task
                 started = time.perf_counter()
                 if action == "recycle":
                     with self._sizing:
                         shrink, self._shrink = self._shrink > 0, max(0, self._shrink - 1)
                     if shrink:
+                        self.outcomes["shrunk"] += 1
+                        if used is not None:
+                            used.close()
                         self._baselines.pop(name, None)
                         drops.append(name)
                         continue
-                    recycled = self._recycle_or_name(admin, name)
+                    recycled = self._recycle_or_name(admin, name, used)
                     if not isinstance(recycled, str):
                         self._ready.put(recycled)
                         self.recycle_s = _average(self.recycle_s, time.perf_counter() - started)
@@ -296,12 +310,17 @@ class PostgresTemplate:
         conn.autocommit = False
         return name, conn
 
-    def _recycle_or_name(self, admin: psycopg.Connection[Any], name: str) -> tuple[str, psycopg.Connection[Any]] | str:
-        """The returned database ``name``, renamed and ready again, or the name to drop it by."""
+    def _recycle_or_name(
+        self, admin: psycopg.Connection[Any], name: str, used: psycopg.Connection[Any] | None
+    ) -> tuple[str, psycopg.Connection[Any]] | str:
+        """The returned database ``name`` ready again (renamed, or on the test's own connection), or the
+        name to drop it by."""
         baseline, state = self._baselines.pop(name, None), self._state
         if state is None or baseline is None or baseline.epoch != self._epoch:
+            if used is not None:
+                used.close()
             return name
-        done = recycle(admin, self.handle, state, baseline, name, self._new_name())
+        done = recycle(admin, self.handle, state, baseline, name, self._new_name(), used)
         if isinstance(done, str):
             return done
         renamed, conn, self._baselines[renamed], outcome = done
@@ -331,10 +350,12 @@ class PostgresTemplate:
             return self.clone(), None
         if self._worker is None:
             self._start_worker()
-        if self._ready.empty() and self.prefetch < self.max_prefetch:
+        if self._ready.empty() and self._tasks.empty() and self.prefetch < self.max_prefetch:
+            # Nothing ready and the workers are idle: too few databases in the pool. (With work queued,
+            # one more clone would only queue behind it, and cost more than the recycles it waits for.)
             with self._sizing:
                 self.prefetch += 1
-            self._tasks.put(("clone", ""))
+            self._tasks.put(("clone", "", None))
         item = self._ready.get(timeout=timeout)
         if isinstance(item, BaseException):
             raise item
@@ -342,17 +363,25 @@ class PostgresTemplate:
         return item
 
     def release(self, name: str, conn: psycopg.Connection[Any] | None = None) -> None:
-        """Give a database back: recycled or dropped in the background when prefetching, else dropped now."""
-        if conn is not None:
-            conn.close()
+        """Give a database back: recycled or dropped in the background when prefetching, else dropped now.
+
+        ``conn`` is the connection :meth:`acquire` handed out: recycling may keep it for the next test
+        (see :func:`~svcenv.isolation.postgres_reset.recycle`); otherwise it is closed.
+        """
         if self._worker is None:
+            if conn is not None:
+                conn.close()
             self.drop(name)
             return
         handed_at = self._handed_at.pop(name, None)
         if handed_at is not None:
             self.use_s = _average(self.use_s, time.perf_counter() - handed_at)
             self._resize()
-        self._tasks.put(("recycle", name))
+        if conn is not None and (self._state is None or not self.keep_connections):
+            conn.close()
+            conn = None
+        # The worker decides whether the connection can serve the next test (recycle's rule), else closes it.
+        self._tasks.put(("recycle", name, conn))
 
     def _resize(self) -> None:
         """One step towards ``ceil(recycle / use) + 1`` ready databases, within [prefetch, max_prefetch]."""
@@ -363,8 +392,8 @@ class PostgresTemplate:
         with self._sizing:
             if want > self.prefetch:
                 self.prefetch += 1
-                self._tasks.put(("clone", ""))
-            elif want < self.prefetch:
+                self._tasks.put(("clone", "", None))
+            elif 2 * want <= self.prefetch:  # not at every dip: a shrunk pool grows again by cloning
                 self.prefetch -= 1
                 self._shrink += 1
 

@@ -6,13 +6,17 @@ proved absent or undone; anything else, and any error on the way, drops it
 and clones a new one (what the pool always did). Nothing here trusts the test:
 the proof comes from the server's own bookkeeping.
 
-1. **Nobody is left on it.** svcenv closes the test's connection (an open
-   transaction on it is rolled back by that), then waits briefly until
-   ``pg_stat_activity`` shows no backend on the database. Other sessions still
-   connected (the application's pool, a thread): dropped. Then the database is
-   renamed to a new unique name (``ALTER DATABASE … RENAME``, which itself fails
-   if anyone is connected), so no name is ever handed out twice and a stale
-   connection string cannot reach the next test's database.
+1. **Nobody else is on it.** The test's own connection, if still open and idle
+   (an open transaction is rolled back), may serve the next test: svcenv waits
+   briefly until the server counts no other backend on the database, and the
+   connection gets a new connection's client settings and, once checked,
+   ``DISCARD ALL`` (prepared statements, temporary tables, ``SET``, advisory
+   locks, ``LISTEN``); the name stays (:func:`keep_connection`). Otherwise svcenv
+   closes it, waits until no backend is left, and renames the database to a new
+   unique name (``ALTER DATABASE … RENAME``, which itself fails if anyone is
+   connected) and connects anew, so a name is handed out again only to the
+   connection that had it (with ``SVCENV_POSTGRES_KEEP_CONNECTIONS=0``, never).
+   Other sessions still connected (the application's pool, a thread): dropped.
 2. **Nothing outside it changed.** Its ``pg_database`` row (owner, ACL,
    connection limit, ...) equals a fresh clone's; no ``ALTER DATABASE … SET``,
    comment or security label on it; no prepared transaction, replication slot
@@ -22,8 +26,9 @@ the proof comes from the server's own bookkeeping.
    catalogs and TOAST tables included, whether the transaction committed or not
    (``pg_stat_all_tables``, summed in ``pg_stat_database``). A backend flushes
    its counters as it exits and before it leaves ``pg_stat_activity`` (step 1
-   waited for that), and the pool flushes its own (``pg_stat_force_next_flush``,
-   PostgreSQL 15+) before it records the baseline at hand-out. Any DDL, GRANT,
+   waited for that), and the pool's connection flushes its own
+   (``pg_stat_force_next_flush``, PostgreSQL 15+) before the counters are read
+   and before it records the baseline at hand-out. Any DDL, GRANT,
    COMMENT, TRUNCATE, ANALYZE, temporary table or large object writes catalog
    rows, so a changed catalog counter means: dropped. The per-table deltas must
    add up to the database's deltas (a table that was dropped leaves a gap; the
@@ -90,6 +95,7 @@ __all__ = [
     "ResetRefused",
     "TemplateState",
     "drop_database",
+    "keep_connection",
     "recycle",
     "reset_enabled",
     "rollback_prepared",
@@ -119,6 +125,8 @@ FROM pg_database d WHERE d.datname = current_database()
 """
 """The counters ``pg_stat_database`` and ``pg_stat_all_tables`` show, read by their functions: the views
 compute some twenty more per relation (and join ``pg_index``), a cost every recycle paid twice."""
+_FLUSH = b"SELECT pg_stat_force_next_flush()"
+"""Makes the backend send its pending counters when it next goes idle (PostgreSQL 15+)."""
 _BACKENDS = b"SELECT pg_stat_get_db_numbackends(oid) FROM pg_database WHERE datname = %s"
 DATABASE_CHECK = b"""
 SELECT (to_jsonb(d) - '{oid,datname,datfrozenxid,datminmxid}'::text[])::text,
@@ -214,6 +222,8 @@ class TemplateState:
     """The template's user-made objects of each kind of :data:`_NEW_OBJECTS` (its oids)."""
     max_oid: int = 16383
     """The highest of those oids."""
+    client: dict[str, Any] = field(default_factory=dict)
+    """A new psycopg connection object's :data:`_CLIENT_ATTRIBUTES` (what a kept connection is set back to)."""
 
     @classmethod
     def capture(cls, conn: psycopg.Connection[Any], signature: str) -> TemplateState | None:
@@ -254,6 +264,7 @@ class TemplateState:
             " AND c.relkind = 'S' ORDER BY c.oid".encode()
         ).fetchall()
         state = cls(signature, tables, toast, {t: _closure(t, referencing, tables) for t in tables}, sequences)
+        state.client = {attribute: getattr(conn, attribute) for attribute in _CLIENT_ATTRIBUTES}
         catalogs = conn.execute(
             b"SELECT c.oid, c.relname, c.reltoastrelid FROM pg_class c"
             b" WHERE c.relnamespace = 'pg_catalog'::regnamespace AND c.relkind = 'r' AND NOT c.relisshared"
@@ -280,9 +291,27 @@ class TemplateState:
                 sequences[oid] = (by_oid[oid], last_value, is_called)
         return state
 
-    def changes(self, conn: psycopg.Connection[Any], baseline: Baseline) -> Changes | None:
-        """What the test changed, or None when the database cannot be proved resettable."""
-        now = Baseline.take(conn, baseline.epoch, flush=False)
+    def changes(self, conn: psycopg.Connection[Any], baseline: Baseline, flush: bool = False) -> Changes | None:
+        """What the test changed, or None when the database cannot be proved resettable.
+
+        ``flush``: ``conn`` is the test's own connection, whose counts are sent first (else they are
+        sent when a backend exits).
+        """
+        if flush:
+            conn.execute(_FLUSH)
+        return self.changes_from(conn.execute(self.counters_query), baseline)
+
+    @property
+    def counters_query(self) -> bytes:
+        """The counters, then the sequences: one simple query (one round trip) of two statements."""
+        return _SNAPSHOT + (b";" + self.sequence_query if self.sequence_query else b"")
+
+    def changes_from(self, cursor: psycopg.Cursor[Any], baseline: Baseline) -> Changes | None:
+        """:meth:`changes` from ``cursor`` at the results of :attr:`counters_query`."""
+        row = cursor.fetchone()
+        assert row is not None
+        now = Baseline.parse(row, baseline.epoch)
+        positions = cursor.fetchall() if cursor.nextset() else []
         if now.stats_reset != baseline.stats_reset or set(baseline.relations) - set(now.relations):
             return None
         summed = [0, 0, 0]
@@ -317,11 +346,7 @@ class TemplateState:
             if closure is None or any(self.tables[t].data is None for t in closure):
                 return None
             resets |= closure
-        moved: list[int] = []
-        if self.sequence_query is not None:
-            for oid, last_value, is_called in conn.execute(self.sequence_query):
-                if self.sequences[oid][1:] != (last_value, is_called):
-                    moved.append(oid)
+        moved = [oid for oid, last_value, is_called in positions if self.sequences[oid][1:] != (last_value, is_called)]
         return Changes(resets, moved, catalogs)
 
     def reset(self, conn: psycopg.Connection[Any], changes: Changes, boundary: str) -> None:
@@ -329,48 +354,72 @@ class TemplateState:
         rows back into the written tables and its values into the moved sequences.
 
         ``boundary`` is the transaction id taken at hand-out: every row version the test made is younger.
-        Raises :class:`ResetRefused` when the proof fails (the database must then be dropped).
+        Raises :class:`ResetRefused` when the proof fails (the database must then be dropped). ``conn``
+        (autocommit) has sent its counts when this returns. Statements go together in simple queries:
+        three or four round trips in all.
         """
-        with conn.transaction():
-            conn.execute(b"SET LOCAL session_replication_role = replica")  # no user, FK or event triggers fire
+        begin = b"BEGIN; SET LOCAL session_replication_role = replica"  # no user, FK or event triggers fire
+        try:
             if changes.catalogs:
-                self._undo_ddl(conn, changes.catalogs, boundary)
-            tables, sequences = changes.tables, changes.sequences
-            if tables:
-                conn.execute(f"TRUNCATE ONLY {', '.join(self.tables[t].name for t in sorted(tables))}".encode())
-            for oid in sorted(tables):
-                table = self.tables[oid]
-                if table.data:
+                self._undo_ddl(conn, begin, changes.catalogs, boundary)
+            else:
+                conn.execute(begin)
+            tables, sequences = sorted(changes.tables), changes.sequences
+            tail = [f"TRUNCATE ONLY {', '.join(self.tables[t].name for t in tables)}"] if tables else []
+            filled = [self.tables[t] for t in tables if self.tables[t].data]
+            if filled:
+                conn.execute(";".join(tail).encode())
+                tail = []
+                for table in filled:
                     with conn.cursor().copy(f"COPY {table.name} FROM STDIN".encode()) as copy:
-                        copy.write(table.data)
+                        copy.write(table.data or b"")
             if sequences:
-                calls = ", ".join(f"setval({oid}::oid, %s, %s)" for oid in sequences)
-                args = [v for oid in sequences for v in self.sequences[oid][1:]]
-                conn.execute(f"SELECT {calls}".encode(), args)
+                calls = ", ".join(
+                    f"setval({oid}::oid, {int(self.sequences[oid][1])}, {bool(self.sequences[oid][2])})"
+                    for oid in sequences
+                )
+                tail.append(f"SELECT {calls}")
+            conn.execute(";".join([*tail, "COMMIT", _FLUSH.decode()]).encode())
+        except BaseException:
+            with suppress(Exception):
+                conn.execute(b"ROLLBACK")
+            raise
 
-    def _undo_ddl(self, conn: psycopg.Connection[Any], catalogs: set[int], boundary: str) -> None:
-        """Step 5 of the rule: drop the objects that are not the template's, then prove ``catalogs`` are."""
+    def _undo_ddl(self, conn: psycopg.Connection[Any], begin: bytes, catalogs: set[int], boundary: str) -> None:
+        """Step 5 of the rule (after ``begin``): drop the objects that are not the template's, then prove
+        ``catalogs`` are."""
+        if not boundary.isdigit():
+            raise ResetRefused(f"unexpected transaction id {boundary!r}")
         new: dict[str, list[tuple[str, str]]] = {}
         written = {self.catalogs[oid][0] for oid in catalogs}
         # An object is made with a row in the catalog that lists it: look only where the test wrote.
-        query = " UNION ALL ".join(part for catalog, part in _NEW_OBJECTS.items() if catalog in written)
-        found = conn.execute(query.encode(), {"after": self.max_oid}).fetchall() if query else []
+        parts = [part % {"after": int(self.max_oid)} for catalog, part in _NEW_OBJECTS.items() if catalog in written]
+        query = begin + (b";" + " UNION ALL ".join(parts).encode() if parts else b"")
+        found = _last(conn.execute(query)).fetchall() if parts else []
         for kind, oid, sub, name in found:
             if oid not in self.objects.get(kind, frozenset()):
                 new.setdefault(kind, []).append((sub, name))
+        statements = []
         for kind, subs, statement in _DROPS:
             names = [name for sub, name in new.get(kind, ()) if sub in subs]
             if names:
-                conn.execute(statement.format(", ".join(names)).encode())
+                statements.append(statement.format(", ".join(names)))
         proof = " UNION ALL ".join(
-            f"SELECT {oid}::oid, count(*), count(*) FILTER (WHERE age(xmin) <= age(%(b)s::xid))"  # noqa: S608
+            f"SELECT {oid}::oid, count(*), count(*) FILTER (WHERE age(xmin) <= age('{boundary}'::xid))"  # noqa: S608
             f" FROM pg_catalog.{self.catalogs[oid][0]}"
             for oid in sorted(catalogs)
         )
-        for oid, rows, younger in conn.execute(proof.encode(), {"b": boundary}).fetchall():
+        for oid, rows, younger in _last(conn.execute(";".join([*statements, proof]).encode())).fetchall():
             name, expected = self.catalogs[oid]
             if younger or rows != expected:
                 raise ResetRefused(f"{name}: {rows} rows ({expected} in the template), {younger} made by the test")
+
+
+def _last(cursor: psycopg.Cursor[Any]) -> psycopg.Cursor[Any]:
+    """``cursor`` moved to the result of the last statement of its simple query."""
+    while cursor.nextset():
+        pass
+    return cursor
 
 
 class ResetRefused(Exception):
@@ -410,9 +459,14 @@ class Baseline:
         next statement sees it.
         """
         if flush:
-            conn.execute(b"SELECT pg_stat_force_next_flush()")
+            conn.execute(_FLUSH)
         row = conn.execute(_SNAPSHOT).fetchone()
         assert row is not None
+        return cls.parse(row, epoch)
+
+    @classmethod
+    def parse(cls, row: Any, epoch: int) -> Baseline:
+        """A baseline from a row of :data:`_SNAPSHOT`."""
         ins, upd, dele, stats_reset, xid, relations = row
         return cls(epoch, (ins, upd, dele), stats_reset, {r[0]: (r[1], r[2], r[3]) for r in relations}, xid)
 
@@ -424,14 +478,22 @@ def recycle(
     baseline: Baseline,
     name: str,
     renamed: str,
+    used: psycopg.Connection[Any] | None = None,
 ) -> tuple[str, psycopg.Connection[Any], Baseline, str] | str:
     """Apply the module's rule to the returned database ``name``.
 
-    Returns (new name, an open connection to it, its baseline, ``"untouched"``,
+    Returns (name, an open connection to it, its baseline, ``"untouched"``,
     ``"reset"`` or ``"undone"`` (objects the test created were dropped)) when it
-    may be handed out again as ``renamed``, else the name to drop
-    it by (``name``, or ``renamed`` once it was renamed).
+    may be handed out again, else the name to drop it by (``name``, or ``renamed``
+    once it was renamed). ``used``, the connection the test had, serves the next
+    test when :func:`keep_connection` allows (the name stays: nobody else can be
+    on it); else it is closed, and the database is renamed and reached anew.
     """
+    if used is not None:
+        if keep_connection(used, state):
+            done = _ready_again(used, state, baseline, admin)
+            return name if done is None else (name, used, *done)
+        used.close()
     from .._util import NotYet, poll
 
     def nobody_on_it() -> None:
@@ -443,9 +505,7 @@ def recycle(
         with suppress(NotYet):  # still someone on it: the check below says so
             poll(nobody_on_it, 0.5, first=0.001, cap=0.002)
         row = admin.execute(DATABASE_CHECK, (name,)).fetchone()
-        if row is not None and row[1]:
-            return name
-        if row is None or row[2] or row[0] != state.signature:
+        if row is None or row[1] or row[2] or row[0] != state.signature:
             return name
         admin.execute(f"ALTER DATABASE {ident(name)} RENAME TO {ident(renamed)}".encode())
     except Exception:  # still in use (then the drop forces it), or the server failed
@@ -454,20 +514,121 @@ def recycle(
         conn = handle.connect(renamed, autocommit=True)
     except Exception:
         return renamed
+    done = _ready_again(conn, state, baseline)
+    return renamed if done is None else (renamed, conn, *done)
+
+
+def _ready_again(
+    conn: psycopg.Connection[Any],
+    state: TemplateState,
+    baseline: Baseline,
+    admin: psycopg.Connection[Any] | None = None,
+) -> tuple[Baseline, str] | None:
+    """Steps 2-5 on ``conn`` (autocommit): the new baseline and the outcome, or None (``conn`` closed).
+
+    With ``admin``, ``conn`` is the test's own connection (:func:`keep_connection`):
+    steps 1 and 2 are checked on it, in the query that reads the counters, and its
+    session state goes with ``DISCARD ALL``. Else :func:`recycle` checked them.
+    """
     try:
-        found = state.changes(conn, baseline)
+        found = state.changes(conn, baseline) if admin is None else _changes_if_alone(admin, conn, state, baseline)
         if found is None:
             conn.close()
-            return renamed
+            return None
         if found:
-            state.reset(conn, found, baseline.xid)
-            baseline = Baseline.take(conn, baseline.epoch)
+            state.reset(conn, found, baseline.xid)  # its counts are sent when it returns
+        if admin is not None:
+            conn.execute(b"DISCARD ALL")  # prepared statements, temp tables, SET, advisory locks, LISTEN
+        if found:
+            baseline = Baseline.take(conn, baseline.epoch, flush=False)
         conn.autocommit = False
-        return renamed, conn, baseline, ("undone" if found.catalogs else "reset") if found else "untouched"
+        return baseline, ("undone" if found.catalogs else "reset") if found else "untouched"
     except Exception as exc:
-        log.debug("svcenv: could not reset %s (%s); it is dropped", renamed, exc)
+        log.debug("svcenv: could not reset %s (%s); it is dropped", conn.info.dbname, exc)
         conn.close()
-        return renamed
+        return None
+
+
+_OWN_DATABASE_CHECK = DATABASE_CHECK.replace(b"= %s", b"= current_database()")
+
+
+def _changes_if_alone(
+    admin: psycopg.Connection[Any], conn: psycopg.Connection[Any], state: TemplateState, baseline: Baseline
+) -> Changes | None:
+    """:meth:`TemplateState.changes` on the test's own connection, if it is the only one on the database
+    (others are waited for briefly) and steps 1-2 hold; else None."""
+    from .._util import NotYet, poll
+
+    name = conn.info.dbname
+    for attempt in range(2):
+        # The check comes first: once it counts one backend (this), the others have sent their counts.
+        cursor = conn.execute(_OWN_DATABASE_CHECK + b";" + state.counters_query)
+        check = cursor.fetchone()
+        if check is None or check[2] or check[0] != state.signature:
+            return None
+        if check[1] == 1:
+            cursor.nextset()
+            return state.changes_from(cursor, baseline)
+        if attempt:
+            return None
+
+        def alone() -> None:
+            row = admin.execute(_BACKENDS, (name,)).fetchone()
+            if row is not None and row[0] > 1:
+                raise NotYet(f"{row[0] - 1} other backends still on {name}")
+
+        with suppress(NotYet):
+            poll(alone, 0.5, first=0.001, cap=0.002)
+    return None
+
+
+_CLIENT_ATTRIBUTES = (
+    "isolation_level",
+    "read_only",
+    "deferrable",
+    "prepare_threshold",
+    "prepared_max",
+    "row_factory",
+    "cursor_factory",
+    "server_cursor_factory",
+)
+"""What a test may set on a psycopg connection object that :func:`keep_connection` sets back."""
+
+
+def keep_connection(conn: psycopg.Connection[Any], state: TemplateState) -> bool:
+    """Whether the test's connection ``conn`` may serve the next test; if so, it is set back on the client.
+
+    Only when it is still open and not in pipeline mode or a ``COPY``; an open
+    transaction is rolled back. On the client, the transaction settings, row and
+    cursor factories, adapters and notice/notify handlers become a new
+    connection's. The server side (nobody else on the database, ``DISCARD ALL``)
+    comes with the counters (:func:`recycle`).
+    """
+    from psycopg import pq
+
+    if not state.client or conn.closed or conn.broken or conn.pgconn.pipeline_status != pq.PipelineStatus.OFF:
+        return False
+    if not all(hasattr(conn, a) for a in ("_adapters", "_notice_handlers", "_notify_handlers")):
+        return False  # a psycopg whose client state svcenv does not know how to set back
+    try:
+        if conn.info.transaction_status == pq.TransactionStatus.ACTIVE:
+            return False
+        for attribute, value in state.client.items():  # first: the statements below use them
+            if getattr(conn, attribute) != value:
+                setattr(conn, attribute, value)
+        conn._adapters = None  # made anew from the global map at first use
+        conn._notice_handlers.clear()
+        conn._notify_handlers.clear()
+        # One round trip: end the test's transaction, and have its counts sent when the backend idles.
+        if conn.info.transaction_status == pq.TransactionStatus.IDLE:
+            conn.autocommit = True  # before: else psycopg would open a transaction for the flush
+            conn.execute(_FLUSH)
+        else:
+            conn.execute(b"ROLLBACK;" + _FLUSH)  # psycopg sends no BEGIN while one is open
+            conn.autocommit = True
+    except Exception:
+        return False
+    return True
 
 
 def drop_database(admin: psycopg.Connection[Any], name: str, patience: float = 2.0) -> None:
