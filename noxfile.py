@@ -63,6 +63,7 @@ def bench(session: nox.Session) -> None:
         "benchmarks/local_start.py",
         "benchmarks/perf.py",
         "benchmarks/suite.py",
+        "benchmarks/suite_peers.py",
         "benchmarks/reuse.py",
         "benchmarks/cleanup.py",
     ]
