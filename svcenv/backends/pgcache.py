@@ -27,6 +27,7 @@ import hashlib
 import hmac
 import json
 import secrets
+import time
 from collections.abc import Mapping
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, cast
@@ -59,6 +60,8 @@ def seed_password() -> str:
     return secrets.token_urlsafe(24)
 
 
+READY_LINE = b"database system is ready to accept connections"
+"""What the server logs once it takes connections (the official image logs to stderr)."""
 COPY_THEN_RUN = 'set -e; cp -a "$SVCENV_PGCACHE/." "$PGDATA/"; exec "$@"'
 """Wraps the image's entrypoint: copy the cached data into the instance's tmpfs, then start as usual."""
 
@@ -250,7 +253,19 @@ def set_password(container: Any, resolved: Resolved, timeout: float) -> None:
         if state["Status"] in ("exited", "dead"):
             raise ServiceExited(f"exited with status {state['ExitCode']} before it was ready")
 
+    seen_ready = False
+    last_exec = time.monotonic()
+
     def altered() -> None:
+        nonlocal seen_ready, last_exec
+        # An exec costs ~80 ms, a look at the log a few: exec once the server says it takes connections
+        # (or every 0.25 s, should its log go elsewhere, e.g. logging_collector).
+        if not seen_ready and time.monotonic() - last_exec < 0.25:
+            if READY_LINE not in bytes(container.logs(stdout=True, stderr=True, tail=50) or b""):
+                exited()
+                raise NotYet("the server does not take connections yet")
+            seen_ready = True
+        last_exec = time.monotonic()
         try:
             code, output = container.exec_run(argv, user="postgres")
         except docker.errors.APIError as exc:
@@ -264,7 +279,7 @@ def set_password(container: Any, resolved: Resolved, timeout: float) -> None:
         raise NotYet(bytes(output or b"").decode(errors="replace").strip())
 
     try:
-        poll(altered, timeout, first=0.01, cap=0.1)
+        poll(altered, timeout, first=0.005, cap=0.02)
     except NotYet as last:
         raise ServiceExited(f"could not set the instance's password within {timeout:g}s: {last}") from None
 
