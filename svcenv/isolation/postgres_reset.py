@@ -355,64 +355,76 @@ class TemplateState:
 
         ``boundary`` is the transaction id taken at hand-out: every row version the test made is younger.
         Raises :class:`ResetRefused` when the proof fails (the database must then be dropped). ``conn``
-        (autocommit) has sent its counts when this returns. Statements go together in simple queries:
-        three or four round trips in all.
+        (autocommit) has sent its counts when this returns. It is one simple query, one round trip
+        (plus one per table whose template rows are copied back).
         """
-        begin = b"BEGIN; SET LOCAL session_replication_role = replica"  # no user, FK or event triggers fire
+        import psycopg
+
+        # No user, FK or event triggers fire during the reset.
+        statements = ["BEGIN", "SET LOCAL session_replication_role = replica"]
+        if changes.catalogs:
+            statements.append(self._undo_ddl(changes.catalogs, boundary))
+        tables, sequences = sorted(changes.tables), changes.sequences
+        if tables:
+            statements.append(f"TRUNCATE ONLY {', '.join(self.tables[t].name for t in tables)}")
+        filled = [self.tables[t] for t in tables if self.tables[t].data]
+        tail = []
+        if sequences:
+            calls = ", ".join(
+                f"setval({oid}::oid, {int(self.sequences[oid][1])}, {bool(self.sequences[oid][2])})"
+                for oid in sequences
+            )
+            tail.append(f"SELECT {calls}")
+        tail += ["COMMIT", _FLUSH.decode()]
         try:
-            if changes.catalogs:
-                self._undo_ddl(conn, begin, changes.catalogs, boundary)
-            else:
-                conn.execute(begin)
-            tables, sequences = sorted(changes.tables), changes.sequences
-            tail = [f"TRUNCATE ONLY {', '.join(self.tables[t].name for t in tables)}"] if tables else []
-            filled = [self.tables[t] for t in tables if self.tables[t].data]
             if filled:
-                conn.execute(";".join(tail).encode())
-                tail = []
+                conn.execute(";".join(statements).encode())
                 for table in filled:
                     with conn.cursor().copy(f"COPY {table.name} FROM STDIN".encode()) as copy:
                         copy.write(table.data or b"")
-            if sequences:
-                calls = ", ".join(
-                    f"setval({oid}::oid, {int(self.sequences[oid][1])}, {bool(self.sequences[oid][2])})"
-                    for oid in sequences
-                )
-                tail.append(f"SELECT {calls}")
-            conn.execute(";".join([*tail, "COMMIT", _FLUSH.decode()]).encode())
-        except BaseException:
+                statements = []
+            conn.execute(";".join([*statements, *tail]).encode())
+        except BaseException as exc:
             with suppress(Exception):
                 conn.execute(b"ROLLBACK")
+            if isinstance(exc, psycopg.errors.RaiseException) and str(exc).startswith(_REFUSED):
+                raise ResetRefused(str(exc)[len(_REFUSED) :].strip()) from None
             raise
 
-    def _undo_ddl(self, conn: psycopg.Connection[Any], begin: bytes, catalogs: set[int], boundary: str) -> None:
-        """Step 5 of the rule (after ``begin``): drop the objects that are not the template's, then prove
-        ``catalogs`` are."""
+    def _undo_ddl(self, catalogs: set[int], boundary: str) -> str:
+        """Step 5 of the rule as one ``DO`` block: drop the objects that are not the template's (oid
+        above its highest), in :data:`_DROPS` order, then prove ``catalogs`` are the template's, or raise."""
         if not boundary.isdigit():
             raise ResetRefused(f"unexpected transaction id {boundary!r}")
-        new: dict[str, list[tuple[str, str]]] = {}
         written = {self.catalogs[oid][0] for oid in catalogs}
         # An object is made with a row in the catalog that lists it: look only where the test wrote.
         parts = [part % {"after": int(self.max_oid)} for catalog, part in _NEW_OBJECTS.items() if catalog in written]
-        query = begin + (b";" + " UNION ALL ".join(parts).encode() if parts else b"")
-        found = _last(conn.execute(query)).fetchall() if parts else []
-        for kind, oid, sub, name in found:
-            if oid not in self.objects.get(kind, frozenset()):
-                new.setdefault(kind, []).append((sub, name))
-        statements = []
-        for kind, subs, statement in _DROPS:
-            names = [name for sub, name in new.get(kind, ()) if sub in subs]
-            if names:
-                statements.append(statement.format(", ".join(names)))
-        proof = " UNION ALL ".join(
-            f"SELECT {oid}::oid, count(*), count(*) FILTER (WHERE age(xmin) <= age('{boundary}'::xid))"  # noqa: S608
-            f" FROM pg_catalog.{self.catalogs[oid][0]}"
+        body = ["DECLARE r record; d text[] := '{}'; bad text; BEGIN"]
+        if parts:
+            body.append(f"FOR r IN SELECT * FROM ({' UNION ALL '.join(parts)}) o (kind, oid, sub, name) LOOP")  # noqa: S608
+            for i, (kind, subs, _) in enumerate(_DROPS, 1):
+                body.append(
+                    f"IF r.kind = '{kind}' AND strpos('{subs}', r.sub) > 0 THEN"
+                    f" d[{i}] := concat_ws(', ', d[{i}], r.name); CONTINUE; END IF;"
+                )
+            body.append("END LOOP;")
+            for i, (_, _, statement) in enumerate(_DROPS, 1):
+                body.append(f"IF d[{i}] IS NOT NULL THEN EXECUTE '{statement.format('')}' || d[{i}]; END IF;")
+        counts = " UNION ALL ".join(
+            f"SELECT '{self.catalogs[oid][0]}' AS c, {int(self.catalogs[oid][1])} AS e, count(*) AS n,"  # noqa: S608
+            f" count(*) FILTER (WHERE age(xmin) <= age('{boundary}'::xid)) AS y FROM pg_catalog.{self.catalogs[oid][0]}"
             for oid in sorted(catalogs)
         )
-        for oid, rows, younger in _last(conn.execute(";".join([*statements, proof]).encode())).fetchall():
-            name, expected = self.catalogs[oid]
-            if younger or rows != expected:
-                raise ResetRefused(f"{name}: {rows} rows ({expected} in the template), {younger} made by the test")
+        said = "format('%s: %s rows (%s in the template), %s made by the test', c, n, e, y)"
+        body.append(f"SELECT string_agg({said}, '; ') INTO bad FROM ({counts}) p WHERE y > 0 OR n <> e;")  # noqa: S608
+        body.append(f"IF bad IS NOT NULL THEN RAISE EXCEPTION '{_REFUSED} %', bad; END IF; END")
+        return "DO $svcenv$ " + " ".join(body) + " $svcenv$"
+
+
+_REFUSED = "svcenv: reset refused:"
+
+
+_REFUSED = "svcenv: reset refused:"
 
 
 def _last(cursor: psycopg.Cursor[Any]) -> psycopg.Cursor[Any]:
