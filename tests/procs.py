@@ -51,17 +51,7 @@ def processes_mentioning(text: str) -> list[int]:
 
 def reapers(env_id: str) -> list[int]:
     """Pids of the live Docker reaper processes of environment ``env_id``."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if REAPER.encode() in argv and env_id.encode() in argv and alive(int(entry.name)):
-            pids.append(int(entry.name))
-    return pids
+    return [pid for pid in processes_mentioning(env_id) if {REAPER, env_id} <= set(cmdline(pid).split()) and alive(pid)]
 
 
 def wait_gone(pids: Iterable[int], timeout: float) -> list[int]:

@@ -86,7 +86,7 @@ class PostgresTemplate:
     keep that many databases ready, each with an open connection, and recycle
     returned ones, so a test waits only for a hand-over, not for ``CREATE
     DATABASE`` and ``DROP DATABASE``. A returned database is handed out again
-    (renamed) when it is provably the template's, after a reset of the tables the
+    when it is provably the template's, after a reset of the tables the
     test wrote if needed, else dropped and replaced by a fresh clone: see
     :mod:`svcenv.isolation.postgres_reset` for the rule, ``reset=False`` or
     ``SVCENV_POSTGRES_RESET=0`` to always re-clone. A recycled database stays on

@@ -422,16 +422,7 @@ class TemplateState:
 
 
 _REFUSED = "svcenv: reset refused:"
-
-
-_REFUSED = "svcenv: reset refused:"
-
-
-def _last(cursor: psycopg.Cursor[Any]) -> psycopg.Cursor[Any]:
-    """``cursor`` moved to the result of the last statement of its simple query."""
-    while cursor.nextset():
-        pass
-    return cursor
+"""How the ``DO`` block of :meth:`TemplateState._undo_ddl` begins the error it raises when the proof fails."""
 
 
 class ResetRefused(Exception):
@@ -506,16 +497,8 @@ def recycle(
             done = _ready_again(used, state, baseline, admin)
             return name if done is None else (name, used, *done)
         used.close()
-    from .._util import NotYet, poll
-
-    def nobody_on_it() -> None:
-        row = admin.execute(_BACKENDS, (name,)).fetchone()
-        if row is not None and row[0]:
-            raise NotYet(f"{row[0]} backends still on {name}")
-
     try:
-        with suppress(NotYet):  # still someone on it: the check below says so
-            poll(nobody_on_it, 0.5, first=0.001, cap=0.002)
+        _wait_for_backends(admin, name, 0)  # still someone on it after that: the check below says so
         row = admin.execute(DATABASE_CHECK, (name,)).fetchone()
         if row is None or row[1] or row[2] or row[0] != state.signature:
             return name
@@ -569,8 +552,6 @@ def _changes_if_alone(
 ) -> Changes | None:
     """:meth:`TemplateState.changes` on the test's own connection, if it is the only one on the database
     (others are waited for briefly) and steps 1-2 hold; else None."""
-    from .._util import NotYet, poll
-
     name = conn.info.dbname
     for attempt in range(2):
         # The check comes first: once it counts one backend (this), the others have sent their counts.
@@ -583,15 +564,22 @@ def _changes_if_alone(
             return state.changes_from(cursor, baseline)
         if attempt:
             return None
-
-        def alone() -> None:
-            row = admin.execute(_BACKENDS, (name,)).fetchone()
-            if row is not None and row[0] > 1:
-                raise NotYet(f"{row[0] - 1} other backends still on {name}")
-
-        with suppress(NotYet):
-            poll(alone, 0.5, first=0.001, cap=0.002)
+        _wait_for_backends(admin, name, 1)
     return None
+
+
+def _wait_for_backends(admin: psycopg.Connection[Any], name: str, at_most: int) -> None:
+    """Wait briefly (0.5 s) until at most ``at_most`` backends are on database ``name``: those of
+    connections that were just closed are still exiting. It does not say whether they went."""
+    from .._util import NotYet, poll
+
+    def few_enough() -> None:
+        row = admin.execute(_BACKENDS, (name,)).fetchone()
+        if row is not None and row[0] > at_most:
+            raise NotYet(f"{row[0] - at_most} more backends on {name}")
+
+    with suppress(NotYet):
+        poll(few_enough, 0.5, first=0.001, cap=0.002)
 
 
 _CLIENT_ATTRIBUTES = (

@@ -163,7 +163,7 @@ def sweep_abandoned(run_dir: Path) -> list[Path]:
             except (OSError, ValueError):
                 record = None  # unreadable: cannot be judged, so kept
             records.append(record.get("controller") if isinstance(record, dict) and name == "run.json" else record)
-        if records and owner_gone(*records):
+        if owner_gone(*records):
             shutil.rmtree(share, ignore_errors=True)
             removed.append(share)
     return removed
