@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import docker as docker_sdk
 import pytest
 
 from svcenv import ConfigurationError, Environment, Postgres, Service, ServiceStartError
+from svcenv.backends import pgcache
 from svcenv.container import OPTIONS
 from svcenv.probes import RECORDABLE, Command, Healthy, LogLine, from_record, to_record
 
@@ -22,18 +22,6 @@ pytestmark = pytest.mark.docker
 def _sleeper(name: str, image: str, **kwargs: object) -> Service:
     kwargs.setdefault("probe", Command(["true"]))
     return Service(name, image=image, command=("sleep", "infinity"), **kwargs)  # type: ignore[arg-type]
-
-
-@pytest.fixture
-def new_cache_images(docker_engine: None) -> Iterator[None]:
-    """Removes the pre-initialised Postgres images a test makes (its files are in their key)."""
-    client = docker_sdk.from_env()
-    before = {str(i.id) for i in client.images.list(filters={"label": "svcenv.cache=true"})}
-    yield
-    for image in client.images.list(filters={"label": "svcenv.cache=true"}):
-        if str(image.id) not in before:
-            client.images.remove(str(image.id), force=True)
-    client.close()
 
 
 # -- files ---------------------------------------------------------------------------------------
@@ -61,17 +49,26 @@ def test_files_are_in_the_container_before_it_starts(leaks: LeakCheck, base_imag
         )
 
 
-def test_an_init_script_runs_with_and_without_the_postgres_cache(leaks: LeakCheck, new_cache_images: None) -> None:
-    init = {"/docker-entrypoint-initdb.d/seed.sql": "CREATE TABLE seeded (x int); INSERT INTO seeded VALUES (7);"}
+def test_an_init_script_runs_with_and_without_the_postgres_cache(leaks: LeakCheck) -> None:
+    # The script names this test's token: its cache key is this test's own, and only that entry is
+    # removed after it. (Removing every cache image made meanwhile took other xdist workers' away.)
+    script = "CREATE TABLE seeded (x int); INSERT INTO seeded VALUES (7); -- " + leaks.token  # noqa: S608
+    init = {"/docker-entrypoint-initdb.d/seed.sql": script}
     cached, fresh = Postgres(files=init), Postgres(name="fresh", files=init, cache=False)
-    with Environment(cached, fresh, labels=leaks.labels) as env:
-        for pg in (cached, fresh):
-            with env[pg].connect() as conn:
-                assert conn.execute("SELECT x FROM seeded").fetchone() == (7,)
-        image = json.loads(docker("inspect", env[cached].id))[0]["Config"]["Image"]
-        assert image.startswith("svcenv-cache/postgres:")  # the seed ran the script; the instance has its data
-    with Environment(Postgres(), labels=leaks.labels) as env, env["postgres"].connect() as conn:
-        assert conn.execute("SELECT to_regclass('seeded')").fetchone() == (None,)  # another key: not that cache
+    client = docker_sdk.from_env()
+    key = pgcache.cache_key(client, cached.resolve())
+    try:
+        with Environment(cached, fresh, labels=leaks.labels) as env:
+            for pg in (cached, fresh):
+                with env[pg].connect() as conn:
+                    assert conn.execute("SELECT x FROM seeded").fetchone() == (7,)
+            image = json.loads(docker("inspect", env[cached].id))[0]["Config"]["Image"]
+            assert image == f"svcenv-cache/postgres:{key}"  # the seed ran the script; the instance has its data
+        with Environment(Postgres(), labels=leaks.labels) as env, env["postgres"].connect() as conn:
+            assert conn.execute("SELECT to_regclass('seeded')").fetchone() == (None,)  # another key: not that cache
+    finally:
+        assert pgcache.clear(client, key) == 1
+        client.close()
 
 
 def test_a_missing_local_file_fails_the_start_naming_it(leaks: LeakCheck, base_image: str, tmp_path: Path) -> None:
