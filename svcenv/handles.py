@@ -112,6 +112,16 @@ class ServiceHandle:
 
     # -- the address inside the environment (other services of it connect here) ---------------
 
+    def _client_address(self, container_port: int | None = None) -> tuple[str, int]:
+        """Where svcenv's own clients connect: straight to the container when its backend found a
+        direct route there (no port proxy in between) and it answers there now, else :attr:`host`
+        and the published port."""
+        port = container_port if container_port is not None else (self._resolved.ports or (None,))[0]
+        direct = None if port is None else self._instance.direct_address(port)
+        if direct is not None and port is not None:
+            return direct, port
+        return self.host, self.port_for(container_port)
+
     @property
     def internal_host(self) -> str:
         """Where the environment's other services reach it: on Docker its service name (on the
@@ -219,6 +229,11 @@ class DatabaseHandle(ServiceHandle):
             return self._database_url(dbname, self.internal_host, self.internal_port)
         return self._database_url(dbname, self.host, self.port)
 
+    def client_url_for(self, dbname: str) -> str:
+        """The URL ``connect()`` uses for ``dbname``: :meth:`url_for`'s, or the container's own address
+        when this host routes there straight (see :attr:`Instance.direct_host`)."""
+        return self._database_url(dbname, *self._client_address())
+
     def _database_url(self, dbname: str, host: str, port: int) -> str:
         return (
             f"{self.url_scheme}://{quote(self.user, safe='')}:{quote(self.password, safe='')}"
@@ -243,13 +258,13 @@ class PostgresHandle(DatabaseHandle):
         """A new :class:`psycopg.Connection` (keyword arguments go to ``psycopg.connect``)."""
         import psycopg
 
-        return psycopg.connect(self.url_for(dbname or self.dbname), **kwargs)
+        return psycopg.connect(self.client_url_for(dbname or self.dbname), **kwargs)
 
     async def connect_async(self, dbname: str | None = None, **kwargs: Any) -> psycopg.AsyncConnection[Any]:
         """A new :class:`psycopg.AsyncConnection`."""
         import psycopg
 
-        return await psycopg.AsyncConnection.connect(self.url_for(dbname or self.dbname), **kwargs)
+        return await psycopg.AsyncConnection.connect(self.client_url_for(dbname or self.dbname), **kwargs)
 
     def sqlalchemy_url(self, driver: str = "psycopg", dbname: str | None = None, *, internal: bool = False) -> str:
         """A SQLAlchemy URL, ``postgresql+<driver>://user:password@host:port/dbname``, for ``create_engine``.
@@ -314,13 +329,13 @@ class RedisHandle(ServiceHandle):
         """A :class:`redis.Redis` on logical database ``db``."""
         import redis
 
-        return redis.Redis.from_url(self.url_for(db), **kwargs)
+        return redis.Redis.from_url(self._redis_url(db, *self._client_address()), **kwargs)
 
     def async_client(self, db: int | None = None, **kwargs: Any) -> redis.asyncio.Redis:
         """A :class:`redis.asyncio.Redis` on logical database ``db``."""
         import redis.asyncio
 
-        return redis.asyncio.Redis.from_url(self.url_for(db), **kwargs)
+        return redis.asyncio.Redis.from_url(self._redis_url(db, *self._client_address()), **kwargs)
 
     def conventional_env_vars(self) -> dict[str, str]:
         return {"REDIS_URL": self.url}

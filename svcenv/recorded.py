@@ -41,6 +41,8 @@ def snapshot_of(handle: ServiceHandle) -> dict[str, Any]:
         "secrets": dict(handle._resolved.secrets),
         "credentials": dict(handle._instance.credentials),
         "log_path": _log_path(handle),
+        "direct_host": handle._instance.direct_host,
+        "direct_via": handle._instance.direct_via,
     }
 
 

@@ -155,7 +155,9 @@ def test_services_are_published_on_the_engine_host_and_reached_there(remote: Rem
         for handle in env:
             assert set(_bindings(remote, handle.id)) == {remote.address}, "only the address svcenv connects to"
         assert _image(remote, env["postgres"].id).startswith(CACHE_REPOSITORY), "the cache works remotely"
+        assert {h._instance.direct_host for h in env} == {None}, "no route here to a remote engine's bridges"
         with env["postgres"].connect() as conn:  # type: ignore[attr-defined]
+            assert conn.info.host == remote.address
             conn.execute("CREATE TEMP TABLE t (x int)")
             conn.execute("INSERT INTO t VALUES (41)")
             assert conn.execute("SELECT x + 1 FROM t").fetchone() == (42,)

@@ -39,6 +39,24 @@ class Instance(ABC):
     """Container (or service) port -> port to connect to on :attr:`host`."""
     credentials: Mapping[str, str] = {}
     """Connection settings the backend knows better than the descriptor (an external URL's user, password, ...)."""
+    direct_host: str | None = None
+    """An address where each container port is reachable as itself, bypassing the engine's port proxy,
+    when this host routes there straight (a local Linux engine's bridge); else None. Only svcenv's own
+    clients (``connect()``, ``client()``) use it: URLs and variables keep :attr:`host` and :attr:`ports`."""
+    direct_via: str | None = None
+    """The interface this host reaches :attr:`direct_host` over (checked again by whoever attaches)."""
+
+    def direct_address(self, port: int) -> str | None:
+        """:attr:`direct_host` if something answers a TCP connect to ``port`` there now, else None.
+
+        A removed container's address answers nothing: a connect there would hang until ARP gives
+        up (seconds), while the published port refuses at once, so a client's error comes at once.
+        """
+        if self.direct_host is None:
+            return None
+        from ._route import answers
+
+        return self.direct_host if answers(self.direct_host, port, timeout=0.1) else None
 
     @property
     def internal_host(self) -> str:
@@ -191,6 +209,13 @@ class AttachedInstance(Instance):
             None if internal is None else {int(k): int(v) for k, v in internal.items()},
         )
         instance.log_path = snapshot.get("log_path")
+        direct, via = snapshot.get("direct_host"), snapshot.get("direct_via")
+        if direct and via:
+            from ._route import direct_wanted, routes_directly
+
+            # The attaching process may be elsewhere (another host or network namespace): asked again here.
+            if direct_wanted() and routes_directly(str(direct), str(via)):
+                instance.direct_host, instance.direct_via = str(direct), str(via)
         return instance
 
 

@@ -61,6 +61,7 @@ from typing import IO, TYPE_CHECKING, Any, cast
 
 from .._util import flag, process_start
 from ..errors import BackendUnavailable, ConfigurationError, ServiceExited
+from ._route import direct_wanted
 from .base import LABEL_ENVIRONMENT, Backend, Instance
 from .docker_container import create_container, follow_container, log_since, put_files, tar_of
 from .docker_host import (
@@ -75,7 +76,7 @@ from .docker_host import (
     remote_host,
     vanished,
 )
-from .docker_network import Shared
+from .docker_network import Shared, direct_address
 
 if TYPE_CHECKING:
     from docker import DockerClient
@@ -140,8 +141,10 @@ class DockerInstance(Instance):
         alias: str | None = None,
         on_removed: Callable[[], None] | None = None,
         engine: str | None = None,
+        direct_on: str | None = None,
     ) -> None:
         self._engine = engine or engine_name()
+        self._direct_on = direct_on
         self._post_start = post_start
         self._container = container
         self.id = str(container.id)
@@ -174,6 +177,8 @@ class DockerInstance(Instance):
             bindings = published.get(f"{port}/tcp") or []
             if bindings:
                 self.ports[port] = int(bindings[0]["HostPort"])
+        if self._direct_on is not None:
+            self.direct_host, self.direct_via = direct_address(self._container.attrs, self._direct_on, self._wanted)
         status = self._status()
         if status not in (None, 0):  # 0 may be a one-shot job done already; a probe judges the others
             raise ServiceExited(f"exited with status {status} right after it started")
@@ -537,7 +542,11 @@ class DockerBackend(Backend):
             self._shared.release(client, env_id)
             raise
         release = lambda: self._shared.release(client, env_id)  # noqa: E731
-        return DockerInstance(created, self.host, resolved.ports, post_start, resolved.name, release, self._engine)
+        # Straight to the container's bridge address when this host routes there (a local engine only).
+        direct_on = network if self._remote is None and direct_wanted() else None
+        return DockerInstance(
+            created, self.host, resolved.ports, post_start, resolved.name, release, self._engine, direct_on
+        )
 
     def prepare(self, service: Service, labels: Mapping[str, str]) -> None:
         """Build ``service``'s image now (a service that waits for others is built meanwhile)."""

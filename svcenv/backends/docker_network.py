@@ -18,17 +18,17 @@ container still uses, so a sweep never breaks a running (or kept) service.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .base import LABEL_ENVIRONMENT, LABEL_KEEP, LABEL_REUSE_HASH, LABEL_SERVICE, LABEL_STATE_DIR
 
 if TYPE_CHECKING:
     from docker import DockerClient
 
-__all__ = ["LABEL_VOLUME", "Shared", "network_name", "remove_unused", "volume_name"]
+__all__ = ["LABEL_VOLUME", "Shared", "direct_address", "network_name", "remove_unused", "volume_name"]
 
 LABEL_VOLUME = "svcenv.volume"
 """On a named volume: the name the descriptors give it."""
@@ -42,6 +42,24 @@ def network_name(env_id: str) -> str:
 def volume_name(env_id: str, name: str) -> str:
     """The engine's name of an environment's volume ``name``."""
     return f"svcenv-{env_id}-{name}"
+
+
+def direct_address(attrs: Mapping[str, Any], network: str, ports: Sequence[int]) -> tuple[str | None, str | None]:
+    """The container's address on ``network`` and the bridge this host reaches it over, when the host
+    routes there straight (see :mod:`svcenv.backends._route`) and it answers on its first port; else Nones.
+
+    The engine names a bridge network's interface ``br-`` + the first 12 characters of its id.
+    """
+    from ._route import answers, routes_directly
+
+    on = ((attrs.get("NetworkSettings") or {}).get("Networks") or {}).get(network) or {}
+    address, network_id = str(on.get("IPAddress") or ""), str(on.get("NetworkID") or "")
+    bridge = f"br-{network_id[:12]}"
+    if not address or not network_id or not routes_directly(address, bridge):
+        return None, None
+    if ports and not answers(address, ports[0]):
+        return None, None
+    return address, bridge
 
 
 _PER_SERVICE = (LABEL_SERVICE, LABEL_KEEP, LABEL_REUSE_HASH, LABEL_STATE_DIR)

@@ -41,7 +41,7 @@ def _savepoint_connection_class() -> type[psycopg.Connection[Any]]:
 @contextmanager
 def rollback_connection(handle: PostgresHandle, dbname: str | None = None) -> Iterator[psycopg.Connection[Any]]:
     """A connection whose work is rolled back when the block ends, commits included."""
-    conn = _savepoint_connection_class().connect(handle.url_for(dbname or handle.dbname))
+    conn = _savepoint_connection_class().connect(handle.client_url_for(dbname or handle.dbname))
     try:
         with rolled_back(conn):
             yield conn
@@ -92,4 +92,4 @@ def escaped(conn: psycopg.Connection[Any]) -> bool:
 
 def savepoint_connection(handle: PostgresHandle, dbname: str | None = None) -> psycopg.Connection[Any]:
     """A connection whose ``commit()``/``rollback()`` act on the savepoint of :func:`rolled_back`."""
-    return _savepoint_connection_class().connect(handle.url_for(dbname or handle.dbname))
+    return _savepoint_connection_class().connect(handle.client_url_for(dbname or handle.dbname))
