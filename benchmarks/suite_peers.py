@@ -11,6 +11,10 @@ It runs with ``-n 0`` and ``-n 2`` under:
   backend (image ``svcenv-test/postgres:15``, ``SVCENV_PULL=never``);
 * **svcenv local fresh / rollback**: the same on the local backend (Postgres
   from ``/usr/lib/postgresql/*/bin`` on tmpfs);
+* **svcenv docker reused**: ``postgres_connection`` with ``--svcenv-reuse``
+  against a container left running by a warm-up run before the rounds (removed
+  with ``python -m svcenv down`` after them): like pytest-postgresql below, it
+  pays no server start, only the template build and the pool;
 * **pytest-postgresql**: its ``postgresql`` fixture (``DatabaseJanitor``: a
   template built by ``load``, ``CREATE DATABASE … TEMPLATE`` per test, dropped
   after) through ``postgresql_noproc``, against a server this script starts
@@ -130,7 +134,8 @@ def db(postgresql):
 """
 
 EMPTY = "pytest empty"
-METHODS = ["svcenv docker fresh", "svcenv docker rollback", "svcenv local fresh", "svcenv local rollback"]
+REUSED = "svcenv docker reused"
+METHODS = ["svcenv docker fresh", REUSED, "svcenv docker rollback", "svcenv local fresh", "svcenv local rollback"]
 PEER = "pytest-postgresql"
 REPO = Path(__file__).resolve().parent.parent
 PEER_PACKAGES = ["pytest-postgresql", "pytest-xdist", "psycopg[binary]"]
@@ -338,6 +343,7 @@ def _run(project: Path, method: str, workers: int, tests: int, python: str) -> t
     args += ["-n", str(workers)] if workers else ["-p", "no:xdist"]
     if method.startswith("svcenv"):
         args += ["-p", "no:pytest_postgresql", "--svcenv-backend", method.split()[1]]
+        args += ["--svcenv-reuse"] if method == REUSED else []
     else:  # each method loads only its own library's plugin
         args += ["-p", "no:svcenv"] + (["-p", "no:pytest_postgresql"] if method == EMPTY else [])
     with tempfile.TemporaryDirectory(prefix="timings-", dir=project) as folder:
@@ -351,6 +357,37 @@ def _run(project: Path, method: str, workers: int, tests: int, python: str) -> t
     if timings["processes"] != max(workers, 1):
         print(f"warning: {method} -n {workers}: setup timings from {timings['processes']} processes", flush=True)
     return elapsed, timings
+
+
+@contextlib.contextmanager
+def _reused(projects: list[Path], tests: int, python: str) -> Iterator[None]:
+    """Leave each reused project's services running (a warm-up run), and remove them afterwards."""
+    try:
+        for project in projects:
+            _run(project, REUSED, 0, tests, python)
+        yield
+    finally:
+        for project in projects:
+            subprocess.run([python, "-m", "svcenv", "down"], cwd=project, capture_output=True, timeout=120, check=False)
+
+
+def _rounds(
+    args: argparse.Namespace,
+    bodies: list[int],
+    workers: list[int],
+    methods: list[str],
+    projects: dict[tuple[str, int], Path],
+    samples: dict[str, list[float]],
+    setups: dict[str, list[dict[str, float]]],
+) -> None:
+    for _ in range(args.rounds):
+        for b in bodies:
+            for w in workers:
+                for m in methods:  # interleaved: drift hits every method alike
+                    key = f"{b}ms|-n {w}|{m}"
+                    elapsed, timings = _run(projects[m, b], m, w, args.tests, args.peers_python)
+                    samples.setdefault(key, []).append(elapsed)
+                    setups.setdefault(key, []).append(timings)
 
 
 def main() -> None:
@@ -375,14 +412,8 @@ def main() -> None:
     with peer_server() as peer, tempfile.TemporaryDirectory(prefix="svcenv-peers-bench-") as tmp:
         floor_ms = floors(*peer)
         projects = {(m, b): _project(Path(tmp), m, args.tests, b, peer) for m in methods for b in bodies}
-        for _ in range(args.rounds):
-            for b in bodies:
-                for w in workers:
-                    for m in methods:  # interleaved: drift hits every method alike
-                        key = f"{b}ms|-n {w}|{m}"
-                        elapsed, timings = _run(projects[m, b], m, w, args.tests, args.peers_python)
-                        samples.setdefault(key, []).append(elapsed)
-                        setups.setdefault(key, []).append(timings)
+        with _reused([projects[m, b] for m, b in projects if m == REUSED], args.tests, args.peers_python):
+            _rounds(args, bodies, workers, methods, projects, samples, setups)
     medians = {key: statistics.median(values) for key, values in samples.items()}
     setup_medians = {
         key: {name: statistics.median(run[name] for run in runs) for name in runs[0]} for key, runs in setups.items()
@@ -392,7 +423,7 @@ def main() -> None:
     print(f"{args.tests} tests, fresh state per test ({args.rounds} rounds; ratio: / {PEER}, same body and -n)")
     print(f"python {venv['python_version']} ({venv['python']}); {versions}")
     print("session s: largest first setup over processes; wait: the other setups (median, p95)")
-    header = f"{'body':>5} {'-n':>3} {'method':<24} {'min s':>7} {'median s':>9} {'per test ms':>12}"
+    header = f"{'body':>5} {'-n':>3} {'method':<28} {'min s':>7} {'median s':>9} {'per test ms':>12}"
     print(f"{header} {'session s':>10} {'wait ms':>8} {'p95 ms':>7} {'ratio':>6}")
     for key, values in samples.items():
         b, w, m = key.split("|")
@@ -401,7 +432,7 @@ def main() -> None:
         ratios[key] = ratio
         per_test = 1000 * medians[key] / args.tests
         t = setup_medians[key]
-        line = f"{b:>5} {w[3:]:>3} {m:<24} {min(values):>7.2f} {medians[key]:>9.2f} {per_test:>12.1f}"
+        line = f"{b:>5} {w[3:]:>3} {m:<28} {min(values):>7.2f} {medians[key]:>9.2f} {per_test:>12.1f}"
         session, wait, p95 = t["session_start_s"], t["wait_median_ms"], t["wait_p95_ms"]
         print(f"{line} {session:>10.3f} {wait:>8.2f} {p95:>7.2f} {ratio:>6.2f}")
     print("raw floors on the tuned local server (median ms per operation):")
