@@ -112,3 +112,18 @@ def test_the_prefixed_image_is_the_one_created(
     finally:
         for name in tagged:
             sdk.images.remove(name)  # removes the tag only: the image has its other name
+
+
+def test_the_images_declared_volume_carries_the_environments_labels(sdk: docker.DockerClient, leaks: LeakCheck) -> None:
+    # The postgres image declares VOLUME /var/lib/postgresql/data: its anonymous volume is labelled,
+    # so a sweep by label finds it should the container's removal leave it (see docs/guarantees.md).
+    with Environment(Postgres(), labels=leaks.labels) as env:
+        mounts = sdk.containers.get(env["postgres"].id).attrs["Mounts"]
+        declared = [m for m in mounts if m["Destination"] == "/var/lib/postgresql/data"]
+        assert len(declared) == 1, mounts
+        assert declared[0]["Type"] == "volume"
+        labels = sdk.volumes.get(declared[0]["Name"]).attrs["Labels"]
+        assert labels["svcenv.environment"] == env.id
+        assert labels["svcenv.test"] == leaks.token
+        name = declared[0]["Name"]
+    assert not sdk.volumes.list(filters={"name": name}), "the volume goes with its container"

@@ -402,18 +402,107 @@ def test_the_engine_stopping_mid_run(how: str, remote: RemoteEngine) -> None:
         assert stopped["problems"], "the teardown says what it could not remove"
     assert any(w.startswith("TeardownWarning") and env_id in w for w in stopped["warnings"]), stopped["warnings"]
 
+    restart_s, settled, clean_s = _reaped_after_restart(remote, token, env_id, restart=how == "stopped")
+    print(
+        f"\nremote engine {how}: stop {stop_s:.2f}s, owner's teardown {stopped['seconds']:.2f}s, "
+        f"restart {restart_s:.2f}s, nothing left {clean_s:.2f}s after the engine was back (settle {settled:.2f}s)"
+    )
+
+
+def _reaped_after_restart(remote: RemoteEngine, token: str, env_id: str, restart: bool) -> tuple[float, float, float]:
+    """The engine back (started again if ``restart``): nothing of the test's left, and the reaper gone.
+    Returns the restart's seconds, the settle's, and the seconds until the reaper had ended."""
     began = time.monotonic()
-    restart_s = remote.start() if how == "stopped" else 0.0
+    restart_s = remote.start() if restart else 0.0
     settled, left = remote.settle(f"svcenv.test={token}", limit=SETTLE_S)
     assert not left, f"after the engine came back: {left}"
     deadline = time.monotonic() + 10
     while _reapers(env_id) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not _reapers(env_id), "the reaper ends once it has cleaned up"
+    return restart_s, settled, time.monotonic() - began
+
+
+ENGINE_STOPS_DURING_START_OWNER = textwrap.dedent(
+    """
+    import json, time, warnings
+    from svcenv import Environment, Postgres, Redis
+    from svcenv.probes import LogLine
+
+    def emit(event, **data):
+        print(event, json.dumps(data), flush=True)
+
+    # A third service that is never ready: the start is still under way when the engine stops.
+    slow = Redis(name="slow", probe=LogLine("never"), timeout=60)
+    env = Environment(Postgres(), Redis(), slow, teardown_timeout=10)
+    emit("starting", id=env.id)
+    began = time.monotonic()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            env.start()
+            emit("started")
+        except Exception as exc:
+            emit(
+                "failed",
+                error=type(exc).__name__,
+                seconds=time.monotonic() - began,
+                message=str(exc),
+                problems=list(env.teardown_problems),
+                warnings=[f"{w.category.__name__}: {w.message}" for w in caught],
+            )
+    """
+)
+
+
+def test_the_engine_stopping_during_start(remote: RemoteEngine) -> None:
+    """dockerd ends while an environment starts (its containers made, one service not ready yet): the
+    start fails at once and says that its teardown was incomplete (not that everything was removed),
+    the reaper stays armed, and once the engine is back it removes every container, network and volume."""
+    token = uuid.uuid4().hex[:12]
+    owner = subprocess.Popen(
+        [sys.executable, "-c", ENGINE_STOPS_DURING_START_OWNER],
+        env={**os.environ, "SVCENV_LABELS": f"svcenv.test={token}", "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+    assert owner.stdout is not None
+    events: dict[str, dict[str, Any]] = {}
+    try:
+        line = owner.stdout.readline()
+        assert line.startswith("starting "), line + (owner.stderr.read() if owner.stderr else "")
+        env_id = json.loads(line.split(" ", 1)[1])["id"]
+        deadline = time.monotonic() + 60
+        while len(remote.leftovers(f"svcenv.test={token}").get("containers", [])) < 3:
+            assert time.monotonic() < deadline, "the three containers were never made"
+            assert owner.poll() is None, owner.stdout.read() + (owner.stderr.read() if owner.stderr else "")
+            time.sleep(0.05)
+        made = remote.leftovers(f"svcenv.test={token}")
+        stop_s = remote.stop()
+        for line in owner.stdout:
+            event, _, data = line.partition(" ")
+            events[event] = json.loads(data)
+        assert owner.wait(timeout=120) == 0, owner.stderr.read() if owner.stderr else ""
+        assert _reapers(env_id), f"the reaper stays armed while the engine is gone: {events}"
+    finally:
+        if owner.poll() is None:
+            owner.kill()
+            owner.wait()
+    failed = events["failed"]
+    assert "started" not in events
+    assert failed["error"] == "ServiceStartError", failed
+    assert failed["seconds"] < 30, "the start fails at once, not at the slow service's timeout"
+    assert "teardown after it was incomplete" in failed["message"], failed["message"]
+    assert failed["problems"], "the teardown says what it could not remove"
+    assert any(w.startswith("TeardownWarning") and env_id in w for w in failed["warnings"]), failed["warnings"]
+
+    restart_s, settled, clean_s = _reaped_after_restart(remote, token, env_id, restart=True)
     print(
-        f"\nremote engine {how}: stop {stop_s:.2f}s, owner's teardown {stopped['seconds']:.2f}s, "
-        f"restart {restart_s:.2f}s, nothing left {time.monotonic() - began:.2f}s after the engine was back "
-        f"(settle {settled:.2f}s)"
+        f"\nremote engine stopped during start (made: {made}): stop {stop_s:.2f}s, start failed after "
+        f"{failed['seconds']:.2f}s, restart {restart_s:.2f}s, nothing left {clean_s:.2f}s "
+        f"after the engine was back (settle {settled:.2f}s)\nwhat the user is told: {failed['message'][:600]}"
     )
 
 

@@ -280,6 +280,7 @@ class DockerBackend(Backend):
         self._lock = threading.Lock()
         self._reached: dict[str, set[str]] = {}
         """Environment id -> networks of the reused services it attached (its new containers join them)."""
+        self._volumes_of: dict[str, tuple[str, ...]] = {}
         self._build_failures: dict[str, Exception] = {}
         """Service name -> why :meth:`prepare` could not build its image (raised again by create)."""
         _BACKENDS.add(self)
@@ -521,7 +522,8 @@ class DockerBackend(Backend):
         try:
             # An image removed since the check is an ImageNotFound here, whatever SVCENV_PULL says.
             with vanished(resolved.image):
-                created = create_container(client, resolved, labels, bind, env_id, network)
+                declared = self._declared_volumes(resolved.image)
+                created = create_container(client, resolved, labels, bind, env_id, network, declared)
             with self._lock:
                 reached = sorted(self._reached.get(env_id, ()))
             for other in reached:  # the networks of the reused services it may refer to
@@ -547,6 +549,17 @@ class DockerBackend(Backend):
         return DockerInstance(
             created, self.host, resolved.ports, post_start, resolved.name, release, self._engine, direct_on
         )
+
+    def _declared_volumes(self, image: str) -> tuple[str, ...]:
+        """The ``VOLUME`` paths ``image`` declares (asked once per image name and backend)."""
+        with self._lock:
+            known = self._volumes_of.get(image)
+        if known is None:
+            config = self.client.images.get(image).attrs.get("Config") or {}
+            known = tuple(sorted(config.get("Volumes") or {}))
+            with self._lock:
+                self._volumes_of[image] = known
+        return known
 
     def prepare(self, service: Service, labels: Mapping[str, str]) -> None:
         """Build ``service``'s image now (a service that waits for others is built meanwhile)."""
@@ -584,6 +597,8 @@ class DockerBackend(Backend):
         with engine_calls(self._engine, "removing the environment's containers, network and volumes"):
             removed = remove_labelled(self._client, labels)
             remove_unused(self._client, labels)  # the network and volumes, unless a container still uses them
+            # What a removal failed to remove is asked for by name: a list is no proof it went.
+            self._shared.settle(self._client, labels.get(LABEL_ENVIRONMENT, "x"))
         return removed
 
     # -- containers another process started (see docker_records) ----------------------------

@@ -12,13 +12,13 @@ import io
 import tarfile
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Any, cast
 
 from ..errors import ServiceExited
 from .base import LABEL_SERVICE
-from .docker_network import volume_name
+from .docker_network import shared_labels, volume_name
 
 if TYPE_CHECKING:
     from docker import DockerClient
@@ -90,17 +90,34 @@ def docker_options(options: Mapping[str, object]) -> dict[str, Any]:
 
 
 def create_container(
-    client: DockerClient, resolved: Resolved, labels: Mapping[str, str], bind: str, env_id: str, network: str
+    client: DockerClient,
+    resolved: Resolved,
+    labels: Mapping[str, str],
+    bind: str,
+    env_id: str,
+    network: str,
+    declared: Sequence[str] = (),
 ) -> Container:
     """Create (not start) the container of ``resolved`` on ``network``, with its service name as alias.
 
+    ``declared``: the image's ``VOLUME`` paths. Each one the descriptor does not mount gets an
+    anonymous volume that carries the environment's labels (removed with the container, as the
+    engine's own would be): should that removal fail, the label sweeps and the reaper still find it.
     ``containers.create`` never pulls (docker-py's ``containers.run`` would).
     """
+    from docker.types import Mount
+
     endpoint = client.api.create_endpoint_config(aliases=[resolved.name])
     mounts = {
         volume_name(env_id, name): {"bind": path.removesuffix(":ro"), "mode": "ro" if path.endswith(":ro") else "rw"}
         for name, path in resolved.volumes.items()
     }
+    taken = {m["bind"] for m in mounts.values()} | set(resolved.tmpfs)
+    anonymous = [
+        Mount(target=path, source=None, type="volume", labels=shared_labels(labels))
+        for path in declared
+        if path not in taken
+    ]
     return client.containers.create(
         resolved.image,
         command=list(resolved.command) if resolved.command is not None else None,
@@ -114,6 +131,7 @@ def create_container(
         network=network,
         networking_config={network: endpoint},
         volumes=cast(Any, mounts),
+        mounts=anonymous or None,
         detach=True,
         **docker_options(resolved.options),
     )

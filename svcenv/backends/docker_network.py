@@ -28,7 +28,15 @@ from .base import LABEL_ENVIRONMENT, LABEL_KEEP, LABEL_REUSE_HASH, LABEL_SERVICE
 if TYPE_CHECKING:
     from docker import DockerClient
 
-__all__ = ["LABEL_VOLUME", "Shared", "direct_address", "network_name", "remove_unused", "volume_name"]
+__all__ = [
+    "LABEL_VOLUME",
+    "Shared",
+    "direct_address",
+    "network_name",
+    "remove_unused",
+    "shared_labels",
+    "volume_name",
+]
 
 LABEL_VOLUME = "svcenv.volume"
 """On a named volume: the name the descriptors give it."""
@@ -66,7 +74,8 @@ _PER_SERVICE = (LABEL_SERVICE, LABEL_KEEP, LABEL_REUSE_HASH, LABEL_STATE_DIR)
 """Labels of one container, not of its environment: a network or volume never carries them."""
 
 
-def _labels(labels: Mapping[str, str]) -> dict[str, str]:
+def shared_labels(labels: Mapping[str, str]) -> dict[str, str]:
+    """The labels of what the containers of an environment share (its network and volumes)."""
     return {k: v for k, v in labels.items() if k not in _PER_SERVICE}
 
 
@@ -93,11 +102,17 @@ class _Members:
 
 
 class Shared:
-    """The network and volumes of each environment this backend serves, counted by containers."""
+    """The network and volumes of each environment this backend serves, counted by containers.
+
+    A network or volume whose removal failed is *owed*: :meth:`settle` tries it again by name at
+    the environment's cleanup, and fails there if it is still there. (A label sweep alone is not
+    proof: an engine that is shutting down answers lists with nothing while the network remains.)
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._envs: dict[str, _Members] = {}
+        self._owed: dict[str, list[tuple[str, str]]] = {}
 
     def acquire(self, client: DockerClient, labels: Mapping[str, str], volumes: Iterable[str]) -> str:
         """Count one more container of the environment ``labels`` name; make its network and the
@@ -107,11 +122,12 @@ class Shared:
             members = self._envs.setdefault(env_id, _Members())
             try:
                 if members.network is None:
-                    members.network = _create_network(client, network_name(env_id), _labels(labels))
+                    members.network = _create_network(client, network_name(env_id), shared_labels(labels))
                 for name in volumes:
                     real = volume_name(env_id, name)
                     if real not in members.volumes:
-                        client.volumes.create(name=real, driver="local", labels={**_labels(labels), LABEL_VOLUME: name})
+                        volume_labels = {**shared_labels(labels), LABEL_VOLUME: name}
+                        client.volumes.create(name=real, driver="local", labels=volume_labels)
                         members.volumes.add(real)
             except BaseException:
                 if members.count == 0:
@@ -132,10 +148,54 @@ class Shared:
 
     def _remove(self, client: DockerClient, env_id: str, members: _Members) -> None:
         del self._envs[env_id]
-        if members.network is not None:
-            _remove_network(client, members.network)
-        for name in members.volumes:
-            _quiet_remove(partial(client.api.remove_volume, name))
+        parts = [("network", members.network)] if members.network is not None else []
+        parts += [("volume", name) for name in sorted(members.volumes)]
+        failed: BaseException | None = None
+        for kind, name in parts:
+            try:
+                # False also when it was gone already: settle() asks which.
+                gone = (
+                    _remove_network(client, name)
+                    if kind == "network"
+                    else _quiet_remove(partial(client.api.remove_volume, name))
+                )
+            except Exception as exc:
+                gone, failed = False, failed or exc
+            if not gone:
+                self._owed.setdefault(env_id, []).append((kind, name))
+        if failed is not None:
+            raise failed
+
+    def settle(self, client: DockerClient, env_id: str) -> None:
+        """Try again what the environment's removals left (see the class); raise if something stays."""
+        with self._lock:
+            owed = self._owed.pop(env_id, [])
+        left = []
+        for kind, name in owed:
+            try:
+                remove = client.api.remove_network if kind == "network" else client.api.remove_volume
+                _quiet_remove(partial(remove, name))
+                if _absent(client, kind, name):
+                    continue
+                why = "still there"
+            except Exception as exc:
+                why = " ".join(str(exc).split())
+            left.append(f"{kind} {name}: {why}")
+        if left:
+            with self._lock:
+                self._owed.setdefault(env_id, []).extend(owed)
+            raise RuntimeError("could not remove " + "; ".join(left))
+
+
+def _absent(client: DockerClient, kind: str, name: str) -> bool:
+    """Whether the engine says network or volume ``name`` does not exist (asked by name, not listed)."""
+    import docker.errors
+
+    try:
+        (client.api.inspect_network if kind == "network" else client.api.inspect_volume)(name)
+    except docker.errors.NotFound:
+        return True
+    return False
 
 
 def _remove_network(client: DockerClient, name: str, settle: float = 3.0) -> bool:
