@@ -13,6 +13,10 @@ engine that stops answering; this proxy injects exactly those, per request:
   open until hang is turned off or the proxy closes (then it is closed, unanswered).
 * normal: every request goes through.
 
+And, in any mode, ``fail_copies(n)``: the next ``n`` file copies into a container (``PUT
+/containers/<id>/archive``) are answered ``500``, as Podman 4.3 now and then answers one under
+load ("passing bulk input to subprocess: write |1: broken pipe").
+
 Each client connection carries one request: unless the request asks for an
 ``Upgrade`` (attach, exec), its ``Connection`` header is rewritten to ``close``,
 so the engine closes the connection after its answer and the next request comes
@@ -63,6 +67,7 @@ class EngineProxy:
         self._closed = False
         self._sockets: set[socket.socket] = set()
         self._threads: set[threading.Thread] = set()
+        self._copies_to_fail = 0
         self.seen: list[tuple[str, str, str]] = []
         """``(method, path, what the proxy did)`` for every request: forwarded, refused, hung or failed."""
         self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -94,6 +99,18 @@ class EngineProxy:
 
     def normal(self) -> None:
         self.set_mode("normal")
+
+    def fail_copies(self, n: int) -> None:
+        """Answer the next ``n`` copies into a container (``PUT …/archive``) with a 500."""
+        with self._cond:
+            self._copies_to_fail = n
+
+    def _fails_copy(self, method: str, path: str) -> bool:
+        with self._cond:
+            if method == "PUT" and path.endswith("/archive") and self._copies_to_fail > 0:
+                self._copies_to_fail -= 1
+                return True
+            return False
 
     def count(self, what: str) -> int:
         """How many requests the proxy treated as ``what`` (``forwarded``, ``refused``, ``hung``)."""
@@ -162,7 +179,7 @@ class EngineProxy:
                     while self._mode == "hang" and not self._closed:
                         self._cond.wait(_TICK)
                 return  # released: closed without an answer
-            if mode == "refuse_deletes" and _refused(method, path):
+            if (mode == "refuse_deletes" and _refused(method, path)) or self._fails_copy(method, path):
                 self._record(method, path, "refused")
                 _refuse(client)
                 return

@@ -261,3 +261,15 @@ def test_stop_racing_start_on_a_refusing_engine_reports_what_is_left(
     finally:
         stopper.join(60)
         _remove_left(engine_proxy, leaks, env)
+
+
+def test_a_file_copy_the_engine_fails_once_is_tried_again(leaks: LeakCheck, engine_proxy: EngineProxy) -> None:
+    # Redis gets its configuration (its password) as a file copied in before start.
+    engine_proxy.fail_copies(2)
+    with Environment(Redis(), labels=leaks.labels) as env:
+        assert env["redis"].client().ping()  # type: ignore[attr-defined]
+    assert engine_proxy.count("refused") == 2
+    engine_proxy.fail_copies(3)  # more than svcenv tries: the start fails, naming the engine's answer
+    with pytest.raises(ServiceStartError, match=REFUSED_MESSAGE):
+        Environment(Redis(), labels=leaks.labels).start()
+    assert leaks.leftovers() == []

@@ -45,8 +45,23 @@ def tar_of(files: Mapping[str, tuple[bytes, int]]) -> bytes:
 
 
 def put_files(container: Container, files: Mapping[str, tuple[bytes, int]]) -> None:
-    """Copy ``files`` into the (created, maybe not started) ``container``: nothing in its argv or config."""
-    if not container.put_archive("/", tar_of(files)):
+    """Copy ``files`` into the (created, maybe not started) ``container``: nothing in its argv or config.
+
+    An engine error (5xx) is tried twice more, 0.1 s apart: the copy is idempotent, and Podman 4.3
+    now and then fails one under load ("passing bulk input to subprocess: write |1: broken pipe").
+    """
+    import docker.errors
+
+    archive = tar_of(files)
+    for attempt in range(3):
+        try:
+            copied = container.put_archive("/", archive)
+            break
+        except docker.errors.APIError as exc:
+            if attempt == 2 or not exc.is_server_error():
+                raise
+            time.sleep(0.1)
+    if not copied:
         raise ServiceExited(f"the engine refused to copy {sorted(files)} into the container")
 
 
