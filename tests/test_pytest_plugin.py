@@ -277,6 +277,34 @@ def test_async_twins_with_pytest_asyncio(pytester: pytest.Pytester, docker_engin
     assert containers(f"svcenv.environment={_env_id(result.stdout.str())}") == []
 
 
+def test_every_xdist_worker_is_a_member_of_the_share_before_its_first_test(
+    pytester: pytest.Pytester, docker_engine: None
+) -> None:
+    # The owner stops the environment once no member is left. A worker whose first test came late
+    # used to join only then, and could attach to an environment being stopped (a fresh-clone CI
+    # run saw "connection refused"): every worker that may need it now counts from its collection.
+    _ini(pytester)
+    pytester.makepyfile(
+        test_a="""
+        import json
+
+        from svcenv.pytest.fixtures import manager
+
+        def test_uses(request, redis_client):
+            members = json.loads(manager(request).share.members.read_text())
+            assert len(members) == 2, members
+        """,
+        test_b="""
+        import time
+
+        def test_plain():
+            time.sleep(2)  # this worker stays in its session while the other one looks
+        """,
+    )
+    result = pytester.runpytest_subprocess("-n", "2", "--dist", "loadfile", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=2)
+
+
 def test_xdist_per_worker_mode_gives_each_worker_its_own_environment(
     pytester: pytest.Pytester, docker_engine: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -242,9 +242,12 @@ class Manager:
 
         asked = bool(self.config.getoption("--svcenv-reuse") or self.config.getini("svcenv_reuse"))
         if reuse_wanted(asked=asked, configured=self.project.reuse, notice=self.summary.append):
+            if self.share is not None:  # enlisted: but with reuse each worker attaches on its own
+                self.share.leave(None)
+                self.share = None
             return self._reuse(services, kwargs)
-        if self.xdist and self.config.getini("svcenv_xdist") != "per-worker":
-            self.share = XdistShare(self.run_dir())
+        if self._shared():
+            self.share = self.share or XdistShare(self.run_dir())
             env = self.share.join(services, kwargs)
         else:
             env = Environment(*services, **kwargs).start()
@@ -252,6 +255,20 @@ class Manager:
             timings = ", ".join(f"{n} {t.total_s:.2f}s ({t.backend})" for n, t in env.timings.items())
             self.summary.append(f"environment {env.id}: {timings or 'no services'}")
         return env
+
+    def _shared(self) -> bool:
+        return self.xdist and self.config.getini("svcenv_xdist") != "per-worker"
+
+    def enlist(self) -> None:
+        """In an xdist worker whose selected tests need services, join the run's share as a member now.
+
+        xdist collects on every worker before any test runs, so by the time any worker owns the
+        environment every worker that may still attach is counted, and the owner waits for it (a
+        worker that only attached when its first test came could find the environment stopping).
+        """
+        if self.needed and self._shared() and self.share is None:
+            self.share = XdistShare(self.run_dir())
+            self.share.enlist()
 
     def _reuse(self, services: Sequence[Service], kwargs: Mapping[str, Any]) -> Environment:
         """Attach to kept services of this configuration, or start and keep them (each worker on its own)."""
@@ -282,6 +299,8 @@ class Manager:
     def close(self) -> None:
         env, self.env = self.env, None
         if env is None:
+            if self.share is not None:
+                self.share.leave(None)  # enlisted, never attached
             return
         self._closed = env
         if self.config.getoption("--svcenv-keep"):

@@ -83,6 +83,12 @@ class XdistShare:
             return False
         return isinstance(record, dict) and process_alive(record.get("pid"), record.get("start"))
 
+    def enlist(self) -> None:
+        """Count this worker as a member before it needs the environment: the owner, whichever worker
+        it turns out to be, then waits for it at the end, though it has not attached yet."""
+        with self.lock():
+            self._write_members(self._read_members() | {os.getpid()})
+
     def join(self, services: Sequence[Service], kwargs: Mapping[str, Any]) -> Environment:
         """Attach to the run's environment, or start it (first worker, or its owner died)."""
         with self.lock():
@@ -101,11 +107,14 @@ class XdistShare:
             self._write_members(self._read_members() | {os.getpid()})
         return env
 
-    def leave(self, env: Environment, before_stop: Callable[[], None] = lambda: None, wait: float = 600.0) -> None:
-        """Leave; the owner waits for the others, then runs ``before_stop``, stops and removes the share."""
+    def leave(
+        self, env: Environment | None, before_stop: Callable[[], None] = lambda: None, wait: float = 600.0
+    ) -> None:
+        """Leave; the owner waits for the others, then runs ``before_stop``, stops and removes the share.
+        (``env`` None: a member that never attached.)"""
         with self.lock():
             self._write_members(self._read_members() - {os.getpid()})
-        if not self.owner:
+        if not self.owner or env is None:
             return
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:

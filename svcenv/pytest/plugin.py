@@ -124,6 +124,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     run = session.config.stash[MANAGER]
     run.collect(session.items)
     run.check_keep()
+    run.enlist()
 
 
 @pytest.fixture(autouse=True)
