@@ -84,6 +84,20 @@ def dangling_volumes() -> set[str]:
     return {v for v in docker("volume", "ls", "-qf", "dangling=true").split() if re.fullmatch(r"[0-9a-f]{64}", v)}
 
 
+def lasting_dangling_volumes(before: set[str], grace: float = 5.0) -> set[str]:
+    """The anonymous volumes that were not dangling ``before`` and still are after ``grace`` seconds.
+
+    Another test's container removal (`rm -v`) shows its volume dangling for a moment before the
+    engine deletes it; a leak is one that stays.
+    """
+    leaked = dangling_volumes() - before
+    deadline = time.monotonic() + grace
+    while leaked and time.monotonic() < deadline:
+        time.sleep(0.2)
+        leaked &= dangling_volumes()
+    return leaked
+
+
 def networks(label: str = "svcenv.environment") -> list[str]:
     """Names of the networks that carry ``label`` (``key`` or ``key=value``)."""
     if not _engine_answers():
@@ -184,13 +198,7 @@ class LeakCheck:
         assert self.leftovers() == [], "svcenv containers leaked"
         assert self.networks() == [], "svcenv networks leaked"
         assert self.volumes() == [], "svcenv named volumes leaked"
-        leaked_volumes = dangling_volumes() - self.volumes_before
-        deadline = time.monotonic() + 5
-        while leaked_volumes and time.monotonic() < deadline:
-            # Another test's container removal (`rm -v`) shows its volume dangling for a moment
-            # before the engine deletes it; a leak is one that stays.
-            time.sleep(0.2)
-            leaked_volumes &= dangling_volumes()
+        leaked_volumes = lasting_dangling_volumes(self.volumes_before)
         assert not leaked_volumes, f"anonymous volumes leaked: {leaked_volumes}"
 
 

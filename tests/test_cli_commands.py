@@ -24,7 +24,7 @@ import psycopg
 import pytest
 import redis
 
-from .conftest import containers, dangling_volumes, docker
+from .conftest import containers, dangling_volumes, docker, lasting_dangling_volumes
 
 CONFIG = "[services.postgres]\n[services.redis]\n"
 
@@ -90,7 +90,7 @@ def project(tmp_path: Path, docker_engine: None) -> Iterator[Project]:
     if leftovers:
         docker("rm", "-fv", *leftovers)
     assert leftovers == [], "the CLI left containers behind"
-    leaked = dangling_volumes() - volumes_before
+    leaked = lasting_dangling_volumes(volumes_before)
     assert not leaked, f"anonymous volumes leaked: {leaked}"
 
 
