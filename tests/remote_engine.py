@@ -205,6 +205,12 @@ class RemoteEngine:
             time.sleep(0.1)
         return time.monotonic() - began
 
+    def begin_stop(self) -> None:
+        """SIGTERM to dockerd, without waiting for its end (:meth:`stop` waits)."""
+        assert self._dockerd is not None, "dockerd does not run"
+        assert self._dockerd.poll() is None, "dockerd has ended"
+        self._dockerd.terminate()
+
     def stop(self) -> float:
         """Stop dockerd (SIGTERM to the pid this fixture started; SIGKILL after 30 s); seconds it took."""
         proc, self._dockerd = self._dockerd, None

@@ -38,7 +38,10 @@ from pathlib import Path
 
 def test_holds(postgres_connection):
     postgres_connection.execute("SELECT 1")
-    Path(os.environ["HELD_DIR"], str(os.getpid())).write_text(postgres_connection.info.dbname)
+    # Written aside and renamed: the test reads the file as soon as its name appears.
+    aside = Path(os.environ["HELD_DIR"], f".{os.getpid()}")
+    aside.write_text(postgres_connection.info.dbname)
+    aside.rename(aside.with_name(str(os.getpid())))
     release = Path(os.environ["HELD_DIR"], "release")
     deadline = time.monotonic() + 120
     while not release.exists() and time.monotonic() < deadline:

@@ -307,3 +307,24 @@ def test_a_disarm_wins_over_the_owners_end(watch: str) -> None:
         sleeper.wait()
         os.close(read)
         os.close(write)
+
+
+def test_the_owner_tells_its_reaper_what_it_could_not_prove_removed() -> None:
+    """``owe KIND NAME`` lines reach the reaper (which then waits for proof, see test_remote_engine);
+    only a last line ``disarm`` disarms it."""
+    read, write = os.pipe()
+    try:
+        os.write(write, b"owe network svcenv-abc\nowe volume svcenv-abc-data\nowe nonsense x\n")
+        os.close(write)
+        received = bytearray()
+        assert _docker_reaper.wait_for_owner(None, read, received) is False, "EOF without disarm: reap"
+        assert _docker_reaper.owed_in(received) == [("network", "svcenv-abc"), ("volume", "svcenv-abc-data")]
+    finally:
+        os.close(read)
+    read, write = os.pipe()
+    try:
+        os.write(write, b"owe network svcenv-abc\ndisarm")
+        assert _docker_reaper.wait_for_owner(None, read) is True
+    finally:
+        os.close(read)
+        os.close(write)

@@ -56,9 +56,11 @@ def remote(remote_engine: RemoteEngine, monkeypatch: pytest.MonkeyPatch) -> Iter
     monkeypatch.setenv("DOCKER_HOST", remote_engine.url)
     no_connect_overrides(monkeypatch)
     if not remote_engine.answers():  # an earlier test stopped it and failed before restarting it
+        remote_engine.stop()  # (it may still be ending)
         remote_engine.start()
     yield remote_engine
     if not remote_engine.answers():
+        remote_engine.stop()
         remote_engine.start()
     _seconds, left = remote_engine.settle("svcenv.environment", limit=SETTLE_S)
     assert not left, f"left on the remote engine: {left}"
@@ -504,6 +506,49 @@ def test_the_engine_stopping_during_start(remote: RemoteEngine) -> None:
         f"{failed['seconds']:.2f}s, restart {restart_s:.2f}s, nothing left {clean_s:.2f}s "
         f"after the engine was back (settle {settled:.2f}s)\nwhat the user is told: {failed['message'][:600]}"
     )
+
+
+def test_a_network_the_engine_forgets_while_shutting_down_is_not_taken_for_removed(remote: RemoteEngine) -> None:
+    """dockerd shutting down has closed its store but still answers: it fails a network's removal (500),
+    then says 404 for it, and the network is back after its restart. svcenv takes that 404 for no
+    proof: the cleanup's settle and the reaper both fail until the engine is back and can record a
+    change; then the network goes."""
+    import docker as docker_sdk
+    import requests
+
+    from svcenv.backends import _docker_reaper
+    from svcenv.backends.base import LABEL_ENVIRONMENT
+    from svcenv.backends.docker_network import Shared, _engine_writes
+
+    env_id = uuid.uuid4().hex[:12]
+    client = docker_sdk.DockerClient(base_url=remote.url, timeout=10)
+    try:
+        shared = Shared()
+        network = shared.acquire(client, {LABEL_ENVIRONMENT: env_id, "svcenv.test": env_id}, ())
+        remote.begin_stop()
+        deadline = time.monotonic() + 5
+        while _engine_writes(client, env_id):  # a ConnectionError here: it ended before its store closed
+            assert time.monotonic() < deadline, "dockerd kept recording changes for 5 s after SIGTERM"
+            time.sleep(0.01)
+        with pytest.raises(docker_sdk.errors.APIError) as failed:
+            shared.release(client, env_id)
+        assert failed.value.status_code == 500, failed.value
+        with pytest.raises(docker_sdk.errors.NotFound):
+            client.api.inspect_network(network)  # what the engine says now, and it is not so (below)
+        with pytest.raises(RuntimeError, match=f"network {network}: its removal failed .* no proof"):
+            shared.settle(client, env_id)
+        # The reaper's part: no proof from this engine either (or it has ended by now).
+        with pytest.raises((RuntimeError, docker_sdk.errors.DockerException, requests.exceptions.ConnectionError)):
+            _docker_reaper.reap(env_id, [("network", network)])
+        remote.stop()
+        remote.start()
+        assert client.api.inspect_network(network)["Name"] == network, "the network is back after the restart"
+        assert _docker_reaper.reap(env_id, [("network", network)]) == 0
+        with pytest.raises(docker_sdk.errors.NotFound):
+            client.api.inspect_network(network)
+        shared.settle(client, env_id)  # proven now: the engine records changes again
+    finally:
+        client.close()
 
 
 # -- start time, remote vs local ---------------------------------------------------------------

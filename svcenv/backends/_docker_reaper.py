@@ -20,7 +20,11 @@ treats the owner as gone, and reaps, when either of these happens first:
 A ``disarm`` already in the pipe when the owner dies still wins. To reap, it removes
 every container (with its anonymous volumes) labelled ``svcenv.environment=ENV_ID``,
 except those labelled ``svcenv.keep=true``, and then the environment's network and
-named volumes unless a kept container uses them. If the engine does not answer then
+named volumes unless a kept container uses them. The owner may also have written
+``owe KIND NAME`` lines: networks and volumes whose removal it could not prove (an
+engine shutting down forgets them in memory while they stay on disk); each is removed
+by name, and the reap is done only once the engine proves it gone (see
+``docker_network.unproven``). If the engine does not answer then
 (it stopped, or its host is unreachable), the reaper keeps trying, backing off up to
 5 s between attempts, for ``SVCENV_REAPER_PATIENCE`` seconds (default 600), so what
 the owner could not remove from a stopped engine goes once the engine is back.
@@ -39,7 +43,7 @@ import os
 import select
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 PATIENCE_S = 600.0
@@ -76,29 +80,35 @@ def remove_labelled(client: Any, labels: Mapping[str, str], spare_kept: bool = F
     return removed
 
 
-def reap(env_id: str) -> int:
-    """Remove the environment's containers, sparing kept ones; return how many."""
+def reap(env_id: str, owed: Sequence[tuple[str, str]] = ()) -> int:
+    """Remove the environment's containers, sparing kept ones, and what is ``owed`` (kind, name);
+    return how many containers went. Raises while an owed network or volume is not proven gone."""
     import docker
 
-    from .docker_network import remove_unused
+    from .docker_network import Owed, remove_unused, unproven
 
     client = docker.from_env(timeout=30)
     try:
         removed = remove_labelled(client, {"svcenv.environment": env_id}, spare_kept=True)
         remove_unused(client, {"svcenv.environment": env_id})  # its network and volumes, unless kept ones use them
+        for kind, name in owed:
+            why = unproven(client, Owed(kind, name, "its owner could not prove it removed"), env_id)
+            if why is not None:
+                raise RuntimeError(f"{kind} {name}: {why}")
         return removed
     finally:
         client.close()
 
 
-def reap_patiently(env_id: str, patience: float) -> int:
-    """:func:`reap`, retried (backing off from 0.2 s to 5 s) while the engine does not answer, for up
-    to ``patience`` seconds; returns how many containers went. The last failure propagates."""
+def reap_patiently(env_id: str, patience: float, owed: Sequence[tuple[str, str]] = ()) -> int:
+    """:func:`reap`, retried (backing off from 0.2 s to 5 s) while the engine does not answer or has
+    not proven the ``owed`` gone, for up to ``patience`` seconds; returns how many containers went.
+    The last failure propagates."""
     deadline = time.monotonic() + patience
     delay = 0.2
     while True:
         try:
-            return reap(env_id)
+            return reap(env_id, owed)
         except Exception:
             if time.monotonic() + delay > deadline:
                 raise
@@ -169,16 +179,32 @@ def _drain(fd: int, received: bytearray) -> None:
         received += chunk
 
 
-def wait_for_owner(owner: Owner | None, fd: int = 0) -> bool:
+def _disarmed(received: bytes | bytearray) -> bool:
+    """Whether the owner's last word is ``disarm``."""
+    return received.rstrip().rsplit(b"\n", 1)[-1].strip() == DISARM
+
+
+def owed_in(received: bytes | bytearray) -> list[tuple[str, str]]:
+    """The (kind, name) of each ``owe KIND NAME`` line the owner wrote."""
+    owed = []
+    for line in received.decode(errors="replace").splitlines():
+        word, kind, name = ([*line.split(), "", "", ""])[:3]
+        if word == "owe" and kind in ("network", "volume") and name:
+            owed.append((kind, name))
+    return owed
+
+
+def wait_for_owner(owner: Owner | None, fd: int = 0, received: bytearray | None = None) -> bool:
     """Block until the owner disarms the reaper (True) or is gone (False): EOF on ``fd``, or its end.
 
-    A ``disarm`` in the pipe when the owner is found gone still counts.
+    A ``disarm`` in the pipe when the owner is found gone still counts. What the owner wrote is
+    left in ``received``.
     """
-    received = bytearray()
+    received = bytearray() if received is None else received
     while True:
         if owner is not None and owner.gone([]):
             _drain(fd, received)
-            return received.strip() == DISARM
+            return _disarmed(received)
         watched = [fd] if owner is None or owner.pidfd is None else [fd, owner.pidfd]
         timeout = POLL_S if owner is not None and owner.pidfd is None else None
         try:
@@ -188,9 +214,9 @@ def wait_for_owner(owner: Owner | None, fd: int = 0) -> bool:
         if fd in readable:
             chunk = os.read(fd, 4096)
             if not chunk:  # EOF: every write end is closed
-                return received.strip() == DISARM
+                return _disarmed(received)
             received += chunk
-            if received.strip() == DISARM:
+            if _disarmed(received):
                 return True
         if owner is not None:
             owner.gone(readable)
@@ -210,10 +236,11 @@ def _owner(argv: list[str]) -> Owner | None:
 def main(argv: list[str]) -> int:
     """Wait for the owner's word or its end; clean up after an end without ``disarm``."""
     env_id = argv[1]
-    if wait_for_owner(_owner(argv), sys.stdin.fileno()):
+    received = bytearray()
+    if wait_for_owner(_owner(argv), sys.stdin.fileno(), received):
         return 0
     try:
-        reap_patiently(env_id, _patience())
+        reap_patiently(env_id, _patience(), owed_in(received))
     except Exception:
         return 1  # no one to tell: `python -m svcenv prune` removes what is left
     return 0

@@ -320,6 +320,7 @@ class DockerBackend(Backend):
         self._reaper_stdin, reaper.stdin = reaper.stdin, None
         self._reaper = reaper
         self._reaper_env = env_id
+        self._tell_reaper_owed()  # a reaper started again learns what its predecessor was told
         watcher = threading.Thread(
             target=_watch_reaper,
             args=(weakref.ref(self), reaper),
@@ -357,6 +358,19 @@ class DockerBackend(Backend):
             TeardownWarning,
             stacklevel=1,
         )
+
+    def _tell_reaper_owed(self) -> None:
+        """Send the reaper each network or volume whose removal is not proven (``owe KIND NAME`` lines):
+        once the owner is gone, it removes them by name and waits for proof (see ``docker_network.unproven``).
+        The caller holds ``_reaper_lock``."""
+        stdin = self._reaper_stdin
+        if stdin is None:
+            return
+        owed = [item for env_id, item in self._shared.owed() if env_id == self._reaper_env]
+        lines = "".join(f"owe {item.kind} {item.name}\n" for item in owed)
+        if lines:
+            with contextlib.suppress(OSError, ValueError):
+                stdin.write(lines.encode())
 
     def _forget_reaper(self) -> None:
         """Drop the reaper without a word to it (closing our write end; the caller holds the lock)."""
@@ -598,7 +612,12 @@ class DockerBackend(Backend):
             removed = remove_labelled(self._client, labels)
             remove_unused(self._client, labels)  # the network and volumes, unless a container still uses them
             # What a removal failed to remove is asked for by name: a list is no proof it went.
-            self._shared.settle(self._client, labels.get(LABEL_ENVIRONMENT, "x"))
+            try:
+                self._shared.settle(self._client, labels.get(LABEL_ENVIRONMENT, "x"))
+            except Exception:
+                with self._reaper_lock:
+                    self._tell_reaper_owed()  # it stays armed, and must see these gone before it is done
+                raise
         return removed
 
     # -- containers another process started (see docker_records) ----------------------------

@@ -30,11 +30,13 @@ if TYPE_CHECKING:
 
 __all__ = [
     "LABEL_VOLUME",
+    "Owed",
     "Shared",
     "direct_address",
     "network_name",
     "remove_unused",
     "shared_labels",
+    "unproven",
     "volume_name",
 ]
 
@@ -105,14 +107,14 @@ class Shared:
     """The network and volumes of each environment this backend serves, counted by containers.
 
     A network or volume whose removal failed is *owed*: :meth:`settle` tries it again by name at
-    the environment's cleanup, and fails there if it is still there. (A label sweep alone is not
-    proof: an engine that is shutting down answers lists with nothing while the network remains.)
+    the environment's cleanup, and fails there if it cannot prove it gone (see :func:`unproven`).
+    A label sweep alone is not proof: an engine that is shutting down answers lists without it.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._envs: dict[str, _Members] = {}
-        self._owed: dict[str, list[tuple[str, str]]] = {}
+        self._owed: dict[str, list[Owed]] = {}
 
     def acquire(self, client: DockerClient, labels: Mapping[str, str], volumes: Iterable[str]) -> str:
         """Count one more container of the environment ``labels`` name; make its network and the
@@ -152,6 +154,7 @@ class Shared:
         parts += [("volume", name) for name in sorted(members.volumes)]
         failed: BaseException | None = None
         for kind, name in parts:
+            failure = None
             try:
                 # False also when it was gone already: settle() asks which.
                 gone = (
@@ -160,31 +163,60 @@ class Shared:
                     else _quiet_remove(partial(client.api.remove_volume, name))
                 )
             except Exception as exc:
-                gone, failed = False, failed or exc
+                gone, failed, failure = False, failed or exc, " ".join(str(exc).split()) or type(exc).__name__
             if not gone:
-                self._owed.setdefault(env_id, []).append((kind, name))
+                self._owed.setdefault(env_id, []).append(Owed(kind, name, failure))
         if failed is not None:
             raise failed
 
     def settle(self, client: DockerClient, env_id: str) -> None:
-        """Try again what the environment's removals left (see the class); raise if something stays."""
+        """Try again what the environment's removals left (see the class); raise if something may stay."""
         with self._lock:
             owed = self._owed.pop(env_id, [])
-        left = []
-        for kind, name in owed:
-            try:
-                remove = client.api.remove_network if kind == "network" else client.api.remove_volume
-                _quiet_remove(partial(remove, name))
-                if _absent(client, kind, name):
-                    continue
-                why = "still there"
-            except Exception as exc:
-                why = " ".join(str(exc).split())
-            left.append(f"{kind} {name}: {why}")
+        left = [(item, why) for item in owed if (why := unproven(client, item, env_id)) is not None]
         if left:
             with self._lock:
-                self._owed.setdefault(env_id, []).extend(owed)
-            raise RuntimeError("could not remove " + "; ".join(left))
+                self._owed.setdefault(env_id, []).extend(item for item, _ in left)
+            raise RuntimeError("could not remove " + "; ".join(f"{item.kind} {item.name}: {why}" for item, why in left))
+
+    def owed(self) -> list[tuple[str, Owed]]:
+        """What is owed, for every environment: (environment id, item)."""
+        with self._lock:
+            return [(env_id, item) for env_id, items in self._owed.items() for item in items]
+
+
+@dataclass(frozen=True)
+class Owed:
+    """A network or volume whose removal has not been seen to succeed, and the error it failed with (if any)."""
+
+    kind: str
+    name: str
+    failure: str | None = None
+
+
+def unproven(client: DockerClient, item: Owed, env_id: str) -> str | None:
+    """Remove ``item`` again by name; None once that is proven, else why it may still be there.
+
+    The engine's word that it does not exist is proof only after a removal that did not fail,
+    or from an engine that can record a change now. dockerd shutting down answers a removal with
+    500 ("failed to update store"), then forgets the network in memory only: it says 404 for a
+    network that is back once it restarts. So after a failure, a probe network is made and removed
+    first (:func:`_engine_writes`).
+    """
+    remove = client.api.remove_network if item.kind == "network" else client.api.remove_volume
+    try:
+        if _quiet_remove(partial(remove, item.name)):
+            return None
+        if not _absent(client, item.kind, item.name):
+            return "still there"
+        if item.failure is None or _engine_writes(client, env_id):
+            return None
+        return (
+            f"its removal failed ({item.failure}); the engine now says it is gone, but cannot record "
+            "a change yet (shutting down?), so that is no proof"
+        )
+    except Exception as exc:
+        return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def _absent(client: DockerClient, kind: str, name: str) -> bool:
@@ -196,6 +228,26 @@ def _absent(client: DockerClient, kind: str, name: str) -> bool:
     except docker.errors.NotFound:
         return True
     return False
+
+
+def _engine_writes(client: DockerClient, env_id: str) -> bool:
+    """Whether the engine records a change now: it makes and removes a probe network.
+
+    A network, for volumes too: a volume made while dockerd shuts down is on disk after its
+    restart (without labels); a network it could not record is not. The probe carries the
+    environment's label, so a sweep finds it should its removal fail.
+    """
+    import secrets
+
+    import docker.errors
+
+    name = f"svcenv-{env_id}-probe-{secrets.token_hex(4)}"
+    try:
+        client.api.create_network(name, driver="bridge", labels={LABEL_ENVIRONMENT: env_id})
+        client.api.remove_network(name)
+    except docker.errors.APIError:
+        return False
+    return True
 
 
 def _remove_network(client: DockerClient, name: str, settle: float = 3.0) -> bool:
