@@ -32,6 +32,7 @@ import os
 import re
 import selectors
 import shutil
+import signal
 import socket
 import tempfile
 import threading
@@ -39,6 +40,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from .procs import reapers_of_engine, signal_all, wait_gone
 
 REAL_ENGINE = "/var/run/docker.sock"
 REFUSED_MESSAGE = "injected by the test proxy: refused"
@@ -293,3 +296,9 @@ def engine_proxy_fixture(monkeypatch: pytest.MonkeyPatch) -> Iterator[EngineProx
     with EngineProxy() as proxy, monkeypatch.context() as patch:
         patch.setenv("DOCKER_HOST", proxy.url)
         yield proxy
+        # A reaper left armed (the test's point, often) reaps through the healed proxy and ends; one
+        # that outlived its owner would otherwise retry against a closed socket for 600 s.
+        proxy.normal()
+        left = wait_gone(reapers_of_engine(proxy.url), 20)
+        signal_all(left, signal.SIGKILL)  # processes this test made (through the owner), by pid
+        assert not left, f"reapers {left} still ran 20 s after the proxy was healed"

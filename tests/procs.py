@@ -12,7 +12,16 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
-__all__ = ["alive", "children", "cmdline", "processes_mentioning", "reapers", "signal_all", "wait_gone"]
+__all__ = [
+    "alive",
+    "children",
+    "cmdline",
+    "processes_mentioning",
+    "reapers",
+    "reapers_of_engine",
+    "signal_all",
+    "wait_gone",
+]
 
 REAPER = "svcenv.backends._docker_reaper"
 """The module the Docker backend runs as its reaper process (``python -m …``)."""
@@ -52,6 +61,17 @@ def processes_mentioning(text: str) -> list[int]:
 def reapers(env_id: str) -> list[int]:
     """Pids of the live Docker reaper processes of environment ``env_id``."""
     return [pid for pid in processes_mentioning(env_id) if {REAPER, env_id} <= set(cmdline(pid).split()) and alive(pid)]
+
+
+def reapers_of_engine(docker_host: str) -> list[int]:
+    """Pids of the live Docker reaper processes that talk to the engine at ``docker_host``."""
+    found = []
+    for pid in processes_mentioning(REAPER):
+        with contextlib.suppress(OSError):
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+            if f"DOCKER_HOST={docker_host}".encode() in environ and alive(pid):
+                found.append(pid)
+    return found
 
 
 def wait_gone(pids: Iterable[int], timeout: float) -> list[int]:
