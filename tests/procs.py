@@ -16,6 +16,7 @@ __all__ = [
     "alive",
     "children",
     "cmdline",
+    "group_members",
     "processes_mentioning",
     "reapers",
     "reapers_of_engine",
@@ -51,6 +52,18 @@ def children(pid: int) -> list[int]:
         with contextlib.suppress(OSError):
             out += [int(p) for p in (task / "children").read_text().split()]
     return out
+
+
+def group_members(pgid: int) -> list[int]:
+    """Pids of the live (not zombie) processes of process group ``pgid``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, IndexError):
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+                    found.append(int(entry.name))
+    return found
 
 
 def processes_mentioning(text: str) -> list[int]:

@@ -30,6 +30,7 @@ from svcenv.isolation.postgres import sweep_abandoned
 from svcenv.pytest import _share
 
 from .conftest import LeakCheck
+from .procs import group_members
 
 HOLD = """
 import os
@@ -106,6 +107,8 @@ def _kill_group(run: subprocess.Popen[str]) -> None:
     """SIGKILL the run's whole process group (controller and workers: a cancelled CI job)."""
     os.killpg(run.pid, signal.SIGKILL)
     run.wait(timeout=30)
+    # The workers die a moment after the controller (a SIGKILL is delivered, not done, when killpg returns).
+    _until(lambda: not group_members(run.pid), 10, "every process of the killed run ended")
     assert run.stdout is not None
     run.stdout.close()
 

@@ -76,7 +76,7 @@ from .docker_host import (
     remote_host,
     vanished,
 )
-from .docker_network import Shared, direct_address
+from .docker_network import Shared, bridge_address
 
 if TYPE_CHECKING:
     from docker import DockerClient
@@ -178,7 +178,7 @@ class DockerInstance(Instance):
             if bindings:
                 self.ports[port] = int(bindings[0]["HostPort"])
         if self._direct_on is not None:
-            self.direct_host, self.direct_via = direct_address(self._container.attrs, self._direct_on, self._wanted)
+            self.direct_host, self.direct_via = bridge_address(self._container.attrs, self._direct_on, self._wanted)
         status = self._status()
         if status not in (None, 0):  # 0 may be a one-shot job done already; a probe judges the others
             raise ServiceExited(f"exited with status {status} right after it started")

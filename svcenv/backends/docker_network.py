@@ -32,7 +32,7 @@ __all__ = [
     "LABEL_VOLUME",
     "Owed",
     "Shared",
-    "direct_address",
+    "bridge_address",
     "network_name",
     "remove_unused",
     "shared_labels",
@@ -54,7 +54,7 @@ def volume_name(env_id: str, name: str) -> str:
     return f"svcenv-{env_id}-{name}"
 
 
-def direct_address(attrs: Mapping[str, Any], network: str, ports: Sequence[int]) -> tuple[str | None, str | None]:
+def bridge_address(attrs: Mapping[str, Any], network: str, ports: Sequence[int]) -> tuple[str | None, str | None]:
     """The container's address on ``network`` and the bridge this host reaches it over, when the host
     routes there straight (see :mod:`svcenv.backends._route`) and it answers on its first port; else Nones.
 

@@ -87,7 +87,11 @@ class XdistShare:
         """Count this worker as a member before it needs the environment: the owner, whichever worker
         it turns out to be, then waits for it at the end, though it has not attached yet."""
         with self.lock():
-            self._write_members(self._read_members() | {os.getpid()})
+            self._add_member()
+
+    def _add_member(self) -> None:
+        """This process is a member (the caller holds the lock)."""
+        self._write_members(self._read_members() | {os.getpid()})
 
     def join(self, services: Sequence[Service], kwargs: Mapping[str, Any]) -> Environment:
         """Attach to the run's environment, or start it (first worker, or its owner died)."""
@@ -104,7 +108,7 @@ class XdistShare:
                     json.dump(env.snapshot(), out)
                 _write_private(self.dir / "owner", owner_record())
                 self.owner = True
-            self._write_members(self._read_members() | {os.getpid()})
+            self._add_member()
         return env
 
     def leave(
