@@ -330,3 +330,55 @@ def test_xdist_per_worker_mode_gives_each_worker_its_own_environment(
     assert not any(r["attached"] for r in records.values())
     for record in records.values():
         assert containers(f"svcenv.environment={record['env']}") == []
+
+
+@pytest.mark.parametrize("how", ["--svcenv-keep", "--svcenv-reuse"])
+def test_a_server_that_stays_keeps_none_of_the_runs_databases(
+    how: str, pytester: pytest.Pytester, docker_engine: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A server the session removes takes its databases along, so the session's end drops nothing
+    # there (removes_with_session). One that stays (kept, reused) must be left without them.
+    token = f"stays-{time.monotonic_ns()}"
+    monkeypatch.setenv("SVCENV_LABELS", f"svcenv.test={token}")
+    if how == "--svcenv-reuse":
+        monkeypatch.setenv("SVCENV_REUSE", "force")  # under CI=true, reuse only when forced
+    else:
+        monkeypatch.delenv("SVCENV_REUSE", raising=False)
+    pytester.makeini("[pytest]\nsvcenv_postgres_prefetch = 2\nsvcenv_postgres_setup = CREATE TABLE t (id int);\n")
+    pytester.makepyfile(
+        test_stays="""
+        import pytest
+
+        @pytest.mark.parametrize("n", range(3))
+        def test_fresh(postgres_connection, n):
+            postgres_connection.execute("INSERT INTO t VALUES (1)")
+            postgres_connection.commit()
+
+        def test_rolled_back(postgres_transaction):
+            postgres_transaction.execute("INSERT INTO t VALUES (2)")
+        """
+    )
+    label = f"svcenv.test={token}"
+    try:
+        result = pytester.runpytest_subprocess(how, "-p", "no:cacheprovider")
+        result.assert_outcomes(passed=4)
+        (container,) = containers(label)
+        listed = subprocess.run(
+            ["docker", "exec", container, "psql", "-U", "postgres", "-Atc", "SELECT datname FROM pg_database"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert listed.returncode == 0, listed.stderr
+        names = listed.stdout.split()
+        assert "postgres" in names, names
+        assert [n for n in names if n.startswith("svcenv_")] == [], names
+    finally:
+        subprocess.run(
+            [sys.executable, "-m", "svcenv", "prune", "--force", "--label", label],
+            capture_output=True,
+            timeout=120,
+            cwd=pytester.path,
+        )
+    assert containers(label) == []
+    assert networks(label) == []

@@ -153,6 +153,7 @@ class PostgresTemplate:
         self._baselines: dict[str, Baseline] = {}
         self._handed_at: dict[str, float] = {}
         self._epoch = 0  # bumped when an admin connection fails (the server may have restarted)
+        self._discarding = False  # destroy(discard=True): the server goes, so nothing is dropped
         self._shrink = 0
         self.use_s: float | None = None
         """Moving average of how long a test holds a database (seconds)."""
@@ -286,7 +287,7 @@ class PostgresTemplate:
                     admin = self._healthy(admin)
                 if action == "recycle":
                     self.recycle_s = _average(self.recycle_s, time.perf_counter() - started)
-            for name in drops:
+            for name in drops if not self._discarding else ():
                 self._drop_quietly(admin, name)
         finally:
             admin.close()
@@ -417,9 +418,22 @@ class PostgresTemplate:
         finally:
             self.release(name, conn)
 
-    def destroy(self, keep_template: bool = False) -> None:
-        """Drop every pooled database and (unless ``keep_template``) the template, and close connections."""
+    def destroy(self, keep_template: bool = False, discard: bool = False) -> None:
+        """Drop every pooled database and (unless ``keep_template``) the template, and close connections.
+
+        ``discard``: the server itself is removed next (a container or local server of this run
+        alone), and its databases with it: nothing is dropped, pending recycles are skipped, and
+        the connections are closed.
+        """
         if self._worker is not None:
+            self._discarding = discard
+            while discard:
+                try:
+                    task = self._tasks.get_nowait()
+                except queue.Empty:
+                    break
+                if task is not None and task[2] is not None:
+                    task[2].close()
             for _ in self._workers:
                 self._tasks.put(None)
             for thread in self._workers:
@@ -427,10 +441,14 @@ class PostgresTemplate:
             self._worker = None
             while not self._ready.empty():
                 item = self._ready.get_nowait()
-                if not isinstance(item, BaseException):
+                if isinstance(item, BaseException):
+                    continue
+                if not discard:
                     self.release(*item)
+                elif item[1] is not None:
+                    item[1].close()
         self._baselines.clear()
-        if self._built and not keep_template:
+        if self._built and not keep_template and not discard:
             self.drop(self.name)
         self._built = False
         if self._admin is not None:

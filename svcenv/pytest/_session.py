@@ -93,6 +93,8 @@ class Manager:
         self.xdist = False
         """True in an xdist worker: the environment is shared through the run's basetemp."""
         self.before_stop: list[Callable[[], None]] = []
+        self.reused = False
+        """True once the session's services are reused ones (``--svcenv-reuse``): they stay up."""
         self._project: ProjectConfig | None = None
         self._closed: Environment | None = None
 
@@ -245,6 +247,7 @@ class Manager:
             if self.share is not None:  # enlisted: but with reuse each worker attaches on its own
                 self.share.leave(None)
                 self.share = None
+            self.reused = True
             return self._reuse(services, kwargs)
         if self._shared():
             self.share = self.share or XdistShare(self.run_dir())
@@ -255,6 +258,12 @@ class Manager:
             timings = ", ".join(f"{n} {t.total_s:.2f}s ({t.backend})" for n, t in env.timings.items())
             self.summary.append(f"environment {env.id}: {timings or 'no services'}")
         return env
+
+    def removes_with_session(self, backend: str) -> bool:
+        """Whether a service of ``backend`` is removed, server and all, when this process closes the
+        session: it started it alone (no xdist share), does not keep or reuse it, and it is not external."""
+        keep = bool(self.config.getoption("--svcenv-keep"))
+        return backend in ("docker", "local") and self.share is None and not keep and not self.reused
 
     def _shared(self) -> bool:
         return self.xdist and self.config.getini("svcenv_xdist") != "per-worker"
