@@ -19,7 +19,7 @@ from concurrent.futures import Future, wait
 from typing import TYPE_CHECKING, TypeVar
 
 from ._timing import ServiceTiming
-from ._util import DaemonJob, env_prefix, scrub, secret_name
+from ._util import DaemonJob, env_prefix, said, scrub, secret_name
 from .backends import choose, requested_backend
 from .backends.base import LABEL_ENVIRONMENT, LABEL_KEEP, LABEL_SERVICE, Backend, Instance
 from .descriptors import Service
@@ -188,12 +188,12 @@ class _Scheduler:
             except ProbeFailed as exc:
                 if self._cancel.is_set():
                     raise _Cancelled from None
-                said = (
+                why = (
                     f"did not complete within {timeout:g}s (a one-shot job must exit with status 0)"
                     if service.one_shot
                     else f"not ready within {timeout:g}s; last probe error: {exc}"
                 )
-                raise _Failure(self._failure(service, resolved.image, instance, said)) from exc
+                raise _Failure(self._failure(service, resolved.image, instance, why)) from exc
             if self._cancel.is_set():
                 raise _Cancelled
             with self._lock:
@@ -214,11 +214,11 @@ class _Scheduler:
         except Exception as exc:
             self._stop_if_cancelled(instance)
             image = resolved.image if resolved else None
-            said = " ".join(str(exc).split()) or type(exc).__name__
+            told = said(exc)
             reason = (
-                said
+                told
                 if isinstance(exc, SvcenvError)
-                else (f"{'could not be created' if instance is None else 'could not be started'}: {said}")
+                else (f"{'could not be created' if instance is None else 'could not be started'}: {told}")
             )
             raise _Failure(self._failure(service, image, instance, reason)) from exc
 
@@ -315,7 +315,7 @@ class _Scheduler:
         unremoved: dict[Backend, list[str]] = {}
         for name, job in stops.items():
             if not job.done or job.error is not None:
-                why = f"not removed within {self.teardown_timeout:g}s" if not job.done else _said(job.error)
+                why = f"not removed within {self.teardown_timeout:g}s" if not job.done else said(job.error)
                 unremoved.setdefault(self._backends[name.split(" ")[0]], []).append(f"{name}: {why}")
         # A sweep by label also catches what was created but never registered, or what stop() left.
         backends = set(self._backends.values())
@@ -326,7 +326,7 @@ class _Scheduler:
             if job.done and job.error is None:
                 _quietly(backend.close)  # everything it ran is gone (or kept)
                 continue
-            why = f"not done within {self.teardown_timeout:g}s" if not job.done else _said(job.error)
+            why = f"not done within {self.teardown_timeout:g}s" if not job.done else said(job.error)
             problems += [*unremoved.get(backend, []), f"{backend.name} cleanup: {why}"]
         return problems, interrupted
 
@@ -338,10 +338,6 @@ class _Scheduler:
         else:  # kept services outlive the environment: sweep the others one by one
             for name in set(names) - set(kept):
                 backend.cleanup({LABEL_ENVIRONMENT: self.id, LABEL_SERVICE: name})
-
-
-def _said(error: BaseException | None) -> str:
-    return " ".join(str(error).split()) or type(error).__name__
 
 
 def needs(service: Service) -> tuple[str, ...]:

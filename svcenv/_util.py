@@ -62,6 +62,11 @@ def in_ci() -> bool:
     return flag("CI")
 
 
+def said(error: BaseException | None) -> str:
+    """What ``error`` says, on one line (its type's name if it says nothing)."""
+    return " ".join(str(error).split()) or type(error).__name__
+
+
 def env_prefix(name: str) -> str:
     """``"postgres-replica"`` -> ``"POSTGRES_REPLICA"``: the prefix of a service's variables."""
     return re.sub(r"[^A-Za-z0-9]", "_", name).upper()

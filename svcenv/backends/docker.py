@@ -366,8 +366,7 @@ class DockerBackend(Backend):
         stdin = self._reaper_stdin
         if stdin is None:
             return
-        owed = [item for env_id, item in self._shared.owed() if env_id == self._reaper_env]
-        lines = "".join(f"owe {item.kind} {item.name}\n" for item in owed)
+        lines = "".join(f"owe {item.kind} {item.name}\n" for item in self._shared.owed(self._reaper_env))
         if lines:
             with contextlib.suppress(OSError, ValueError):
                 stdin.write(lines.encode())

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
+from .._util import said
 from .base import LABEL_ENVIRONMENT, LABEL_KEEP, LABEL_REUSE_HASH, LABEL_SERVICE, LABEL_STATE_DIR
 
 if TYPE_CHECKING:
@@ -163,7 +164,7 @@ class Shared:
                     else _quiet_remove(partial(client.api.remove_volume, name))
                 )
             except Exception as exc:
-                gone, failed, failure = False, failed or exc, " ".join(str(exc).split()) or type(exc).__name__
+                gone, failed, failure = False, failed or exc, said(exc)
             if not gone:
                 self._owed.setdefault(env_id, []).append(Owed(kind, name, failure))
         if failed is not None:
@@ -179,10 +180,10 @@ class Shared:
                 self._owed.setdefault(env_id, []).extend(item for item, _ in left)
             raise RuntimeError("could not remove " + "; ".join(f"{item.kind} {item.name}: {why}" for item, why in left))
 
-    def owed(self) -> list[tuple[str, Owed]]:
-        """What is owed, for every environment: (environment id, item)."""
+    def owed(self, env_id: str) -> list[Owed]:
+        """What environment ``env_id`` is owed."""
         with self._lock:
-            return [(env_id, item) for env_id, items in self._owed.items() for item in items]
+            return list(self._owed.get(env_id, ()))
 
 
 @dataclass(frozen=True)
@@ -216,7 +217,7 @@ def unproven(client: DockerClient, item: Owed, env_id: str) -> str | None:
             "a change yet (shutting down?), so that is no proof"
         )
     except Exception as exc:
-        return " ".join(str(exc).split()) or type(exc).__name__
+        return said(exc)
 
 
 def _absent(client: DockerClient, kind: str, name: str) -> bool:
